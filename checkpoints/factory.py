@@ -1,0 +1,101 @@
+"""Open the checkpointer a URL names.
+
+- `memory` (unit tests),
+- a file path or `sqlite:///path` (the embedded default),
+- `postgresql://...` (production): `AsyncPostgresSaver` over a psycopg pool with
+  `autocommit=True`, `row_factory=dict_row`, `prepare_threshold=None` and a `check=` callback.
+"""
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+
+import aiosqlite
+import psycopg
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+StorageKind = Literal["memory", "sqlite", "postgres"]
+NOT_SQLITE = "{path} is not a SQLite database ({error})."
+POSTGRES_UNREACHABLE = "Cannot reach Postgres at {url}: {error}"
+
+
+class StorageError(RuntimeError):
+    """The configured storage cannot be opened."""
+
+
+def storage_kind(url: str) -> StorageKind:
+    """Which backend a URL (or a plain file path) names."""
+    if url == "memory":
+        return "memory"
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgres"
+    return "sqlite"
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a `sqlite:///path` URL or a plain path."""
+    return Path(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
+
+
+@asynccontextmanager
+async def postgres_pool(url: str, *, max_size: int = 10) -> AsyncIterator[AsyncConnectionPool]:
+    """A psycopg pool with the settings the LangGraph savers need."""
+    pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": None},
+        check=AsyncConnectionPool.check_connection,
+    )
+    try:
+        await pool.open(wait=True, timeout=15)
+    except psycopg.OperationalError as exc:  # PoolTimeout is one
+        await pool.close()
+        raise StorageError(POSTGRES_UNREACHABLE.format(url=_redacted(url), error=exc)) from exc
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@asynccontextmanager
+async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
+    """The checkpointer for `url`, set up and ready; closed on exit."""
+    kind = storage_kind(url)
+    if kind == "memory":
+        yield InMemorySaver()
+    elif kind == "postgres":
+        async with postgres_pool(url) as pool:
+            saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+            await saver.setup()
+            yield saver
+    else:
+        path = sqlite_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(path)
+        saver_sqlite = AsyncSqliteSaver(conn)
+        try:
+            await saver_sqlite.setup()
+        except sqlite3.DatabaseError as exc:
+            await conn.close()
+            raise StorageError(NOT_SQLITE.format(path=path, error=exc)) from exc
+        try:
+            yield saver_sqlite
+        finally:
+            await conn.close()
+
+
+def _redacted(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -1,0 +1,1 @@
+"""One module per graph; each ends in `graph = build()`, compiled with no checkpointer."""

@@ -1,0 +1,236 @@
+"""A deterministic stand-in for a model: rules over file text behind the chat-model interface.
+
+- triage: a file goes to the existing project named like its top folder, else `standalone`;
+- processing: checklists and TODO lines become tasks, lines with an ISO date become
+  timeline entries, headed sections become notes, top folders become projects;
+- update-first: an existing record with the same title is updated when it differs and left
+  alone when it does not, so a second pass over the same files changes nothing.
+
+It is stateless: every call recomputes its answer from the messages, like a model would.
+"""
+
+import json
+import posixpath
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage, ToolCall, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from nodes.payloads import GROUP_KIND, TRIAGE_KIND, find_payload
+
+OFFLINE_NOTICE = "Offline extractor (no model configured)"
+
+_CHECKBOX = re.compile(r"^\s*[-*+]\s+\[([ xX/~-])\]\s+(?P<title>.+?)\s*$")
+_TODO = re.compile(r"^\s*(?:[-*+]\s+)?(?P<tag>TODO|FIXME|DOING|DONE)\b[:\s-]*(?P<title>.+?)\s*$")
+_DATE = re.compile(r"\b(?P<date>\d{4}-\d{2}-\d{2})\b")
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(?P<title>.+?)\s*#*\s*$")
+_BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+
+_CHECKBOX_STATE = {" ": "ToDo", "x": "Completed", "X": "Completed", "/": "In Progress",
+                   "~": "In Progress", "-": "In Progress"}
+_TAG_STATE = {"TODO": "ToDo", "FIXME": "ToDo", "DOING": "In Progress", "DONE": "Completed"}
+
+
+@dataclass
+class Extracted:
+    """What the rules found in one group's files."""
+
+    tasks: dict[str, tuple[str, str]] = field(default_factory=dict)  # title -> (state, folder)
+    timelines: dict[str, tuple[str, str]] = field(default_factory=dict)  # title -> (date, folder)
+    notes: dict[str, tuple[str, str]] = field(default_factory=dict)  # title -> (content, folder)
+
+
+def extract(text: str, folder: str, into: Extracted) -> None:
+    """Apply the rules to one file's text; the first occurrence of a title wins."""
+    heading: str | None = None
+    prose: list[str] = []
+
+    def close_section() -> None:
+        if heading and prose and heading not in into.notes:
+            into.notes[heading] = ("\n".join(prose).strip(), folder)
+
+    for line in text.splitlines():
+        if match := _HEADING.match(line):
+            close_section()
+            heading, prose = match["title"], []
+        elif match := _CHECKBOX.match(line):
+            into.tasks.setdefault(match["title"], (_CHECKBOX_STATE[match.group(1)], folder))
+        elif match := _TODO.match(line):
+            into.tasks.setdefault(match["title"], (_TAG_STATE[match["tag"]], folder))
+        elif match := _DATE.search(line):
+            title = _BULLET.sub("", line.replace(match["date"], "")).strip(" :-–—\t")
+            if title:
+                into.timelines.setdefault(title, (match["date"], folder))
+        elif line.strip():
+            prose.append(_BULLET.sub("", line).strip())
+    close_section()
+
+
+class OfflineExtractor(BaseChatModel):
+    """Rules instead of a model; answers with the same tool calls a model would make."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "relaygraph-offline"
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        return self.bind(tools=formatted, **kwargs)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        tool_names = {t["function"]["name"] for t in kwargs.get("tools") or []}
+        message = answer(messages, tool_names)
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def answer(messages: Sequence[BaseMessage], tool_names: set[str]) -> AIMessage:
+    """The offline answer to a conversation, given the names of the tools it may call."""
+    if "TriageAnswer" in tool_names and (triage := find_payload(messages, TRIAGE_KIND)):
+        return _triage_answer(triage)
+    group = find_payload(messages, GROUP_KIND)
+    if group is None or not tool_names:
+        return AIMessage(content=f"{OFFLINE_NOTICE}: nothing more to do.")
+    return _processing_answer(group, messages, tool_names)
+
+
+def _triage_answer(payload: dict[str, Any]) -> AIMessage:
+    by_name = {str(p.get("name", "")).casefold(): str(p["id"]) for p in payload["projects"]}
+    groups: dict[str, list[str]] = {}
+    for entry in payload["files"]:
+        key = by_name.get(_top_folder(entry["path"], entry["root"]).casefold(), "standalone")
+        groups.setdefault(key, []).append(entry["path"])
+    args = {"groups": [{"project_id": k, "files": v} for k, v in groups.items()]}
+    return AIMessage(
+        content="", tool_calls=[ToolCall(name="TriageAnswer", args=args, id="offline-triage")]
+    )
+
+
+def _top_folder(path: str, root: str) -> str:
+    relative = posixpath.relpath(path, root)
+    parts = relative.split("/")
+    return parts[0] if len(parts) > 1 else ""
+
+
+def _processing_answer(
+    group: dict[str, Any], messages: Sequence[BaseMessage], tool_names: set[str]
+) -> AIMessage:
+    turns = [m for m in messages if isinstance(m, AIMessage)]
+    last_calls = {c["name"] for c in turns[-1].tool_calls} if turns else set()
+    if turns and last_calls - {"create_project"}:
+        return AIMessage(content=f"{OFFLINE_NOTICE}: {_summary(turns)}")
+
+    found = Extracted()
+    for file in group["files"]:
+        if "content" in file:
+            extract(file["content"], _top_folder(file["path"], file["root"]), found)
+    existing = group.get("existing", {})
+    projects = {str(p["name"]).casefold(): str(p["id"]) for p in existing.get("projects", [])}
+    projects.update(_created_projects(messages))
+
+    folders = {folder for table in (found.tasks, found.timelines, found.notes)
+               for _, folder in table.values() if folder}
+    missing = sorted(f for f in folders if f.casefold() not in projects)
+    if not turns and group["project_id"] == "standalone" and missing and (
+        "create_project" in tool_names
+    ):
+        calls = [_call("create_project", {"name": name}, f"p{i}") for i, name in enumerate(missing)]
+        return AIMessage(content="", tool_calls=calls)
+
+    def project_for(folder: str) -> dict[str, str]:
+        if group["project_id"] != "standalone":
+            return {"projectId": group["project_id"]}
+        pid = projects.get(folder.casefold()) if folder else None
+        return {"projectId": pid} if pid else {}
+
+    calls = _entity_calls(found, existing, tool_names, project_for)
+    if not calls:
+        return AIMessage(content=f"{OFFLINE_NOTICE}: everything is up to date.")
+    return AIMessage(content="", tool_calls=calls)
+
+
+def _entity_calls(
+    found: Extracted,
+    existing: dict[str, list[dict[str, Any]]],
+    tool_names: set[str],
+    project_for: Callable[[str], dict[str, str]],
+) -> list[ToolCall]:
+    calls: list[ToolCall] = []
+
+    def index(kind: str) -> dict[str, dict[str, Any]]:
+        return {str(r.get("title", "")).casefold(): r for r in existing.get(kind, [])}
+
+    if "create_task" in tool_names:
+        known = index("tasks")
+        for title, (state, folder) in found.tasks.items():
+            if (row := known.get(title.casefold())) is None:
+                args = {"title": title, "state": state, **project_for(folder)}
+                calls.append(_call("create_task", args, f"t{len(calls)}"))
+            elif row.get("state") != state and "update_task" in tool_names:
+                args = {"taskId": row["id"], "state": state}
+                calls.append(_call("update_task", args, f"t{len(calls)}"))
+    if "create_timeline" in tool_names:
+        known = index("timelines")
+        for title, (date, folder) in found.timelines.items():
+            if (row := known.get(title.casefold())) is None:
+                args = {"title": title, "date": date, **project_for(folder)}
+                calls.append(_call("create_timeline", args, f"l{len(calls)}"))
+            elif row.get("date") != date and "update_timeline" in tool_names:
+                args = {"timelineId": row["id"], "date": date}
+                calls.append(_call("update_timeline", args, f"l{len(calls)}"))
+    if "create_note" in tool_names:
+        known = index("notes")
+        for title, (content, folder) in found.notes.items():
+            if (row := known.get(title.casefold())) is None:
+                args = {"title": title, "content": content, **project_for(folder)}
+                calls.append(_call("create_note", args, f"n{len(calls)}"))
+            elif row.get("content") != content and "update_note" in tool_names:
+                args = {"noteId": row["id"], "content": content}
+                calls.append(_call("update_note", args, f"n{len(calls)}"))
+    return calls
+
+
+def _created_projects(messages: Sequence[BaseMessage]) -> dict[str, str]:
+    created: dict[str, str] = {}
+    for message in messages:
+        if isinstance(message, ToolMessage) and message.name == "create_project":
+            if message.status == "error" or not isinstance(message.content, str):
+                continue
+            try:
+                row = json.loads(message.content)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "id" in row and "name" in row:
+                created[str(row["name"]).casefold()] = str(row["id"])
+    return created
+
+
+def _summary(turns: Sequence[AIMessage]) -> str:
+    counts: dict[str, int] = {}
+    for turn in turns:
+        for call in turn.tool_calls:
+            counts[call["name"]] = counts.get(call["name"], 0) + 1
+    return ", ".join(f"{n} x {name}" for name, n in sorted(counts.items())) or "no changes"
+
+
+def _call(name: str, args: dict[str, Any], suffix: str) -> ToolCall:
+    return ToolCall(name=name, args=args, id=f"offline-{name}-{suffix}")

@@ -1,0 +1,1 @@
+"""Node functions, typed routers and the device bridge shared by the graphs."""

@@ -1,0 +1,40 @@
+"""Run parameters of the device agents (`context_schema`), as an assistant's `context` holds them."""
+
+from dataclasses import dataclass, field
+
+from tools.catalog import COMMENT_AUTHOR, DATA_TYPES
+from tools.policy import PathPolicy
+
+
+@dataclass(kw_only=True)
+class AgentContext:
+    """What one agent may touch and how it works: directories, data types, budgets."""
+
+    directory_paths: list[str] = field(
+        default_factory=list,
+        metadata={"description": "Absolute folders on the device the agent may read."},
+    )
+    data_types: list[str] = field(
+        default_factory=lambda: list(DATA_TYPES),
+        metadata={"description": "Entity types to extract: tasks, projects, notes, timelines."},
+    )
+    file_extensions: list[str] = field(
+        default_factory=lambda: [".md", ".txt"],
+        metadata={"description": "Only files with these extensions are scanned and read."},
+    )
+    prompt_template: str | None = field(
+        default=None, metadata={"description": "Extra instructions from the user."}
+    )
+    device_id: str | None = field(
+        default=None, metadata={"description": "The device that runs this agent's tools."}
+    )
+    comment_author: str = COMMENT_AUTHOR
+    max_processing_steps: int = field(
+        default=6, metadata={"description": "Model turns with tools per group, then a summary."}
+    )
+    triage_chunk_size: int = field(
+        default=150, metadata={"description": "Manifest entries per triage model call."}
+    )
+
+    def policy(self) -> PathPolicy:
+        return PathPolicy.build(self.directory_paths, self.file_extensions)

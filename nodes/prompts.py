@@ -1,0 +1,47 @@
+"""Every prompt the graphs send, as named templates. The user's `prompt_template` is appended."""
+
+TRIAGE_SYSTEM = """\
+You sort the files of a freelancer's folders into the projects of their project-management app.
+
+You get a manifest of changed files and the user's existing projects. Put every file in
+exactly one group: the id of the existing project it clearly belongs to (by folder name,
+file name or path), or "standalone" when no project fits. Use paths exactly as given.
+Answer only by calling {tool_name}.
+{user_instructions}"""
+
+TRIAGE_REQUEST = """\
+Existing projects and changed files (chunk {chunk} of {chunks}) follow as JSON."""
+
+PROCESSING_SYSTEM = """\
+You keep a freelancer's project-management app up to date from their files.
+
+You get the content of some files and the records that already exist. Extract only what the
+files clearly say, and only these record types: {data_types}. {project_context}
+
+Update before you create:
+- a task, note or timeline entry that matches an existing one by title or meaning is
+  updated (update_task, add_task_comment, update_note with merged content, update_timeline);
+- only what has no match is created (create_task, create_note, create_timeline,
+  create_project when a significant project is missing);
+- task states are "ToDo", "In Progress" or "Completed"; dates are YYYY-MM-DD.
+Make all the calls you need in one answer; when the records are up to date, reply with a
+one-paragraph summary of what you created and updated, and call no tool.
+{user_instructions}"""
+
+PROJECT_CONTEXT = "These files belong to the existing project {project_id}: use it as projectId."
+STANDALONE_CONTEXT = (
+    "These files belong to no existing project; use the top folder as a hint for projectId."
+)
+
+PROCESSING_REQUEST = "The files and the existing records follow as JSON."
+
+FINAL_ANSWER = """\
+The step budget for this group is used up. Call no more tools: summarise what was created
+and updated, and what is left undone."""
+
+USER_INSTRUCTIONS = "\nInstructions from the user:\n{prompt_template}\n"
+
+
+def user_instructions(prompt_template: str | None) -> str:
+    """The user's own instructions, as a prompt section (empty when there are none)."""
+    return USER_INSTRUCTIONS.format(prompt_template=prompt_template) if prompt_template else ""

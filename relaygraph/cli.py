@@ -1,0 +1,156 @@
+"""The `relaygraph` command line."""
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from checkpoints import StorageError
+from device import DeviceDatabaseError, LocalDevice
+from llm import load_chat_model
+from nodes.bridge import DeviceCall, DeviceResult
+from nodes.state import RunReport
+from relaygraph.local_run import default_context, run_local_agent
+from tools.catalog import DATA_TYPES, DEVICE_TOOLS
+
+DEFAULT_STATE = ".relaygraph/relaygraph.db"
+DEFAULT_ENTITIES = ".relaygraph/entities.db"
+EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+NOT_A_FOLDER = "relaygraph: {path} is not a folder."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    parser.print_help()
+    return EXIT_BAD_INPUT
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relaygraph", description="LangGraph agents whose tools act on your computer."
+    )
+    commands = parser.add_subparsers(dest="command")
+    run = commands.add_parser(
+        "run",
+        help="run the local directory agent over a folder, with an in-process device",
+        description="Triage DIR and turn its files into projects, tasks, notes and timelines "
+        "in a local SQLite entity database. No server and no API key needed.",
+    )
+    run.add_argument("directory", metavar="DIR", type=Path)
+    run.add_argument("--db", type=Path, default=Path(DEFAULT_ENTITIES),
+                     help=f"entity database (default: {DEFAULT_ENTITIES})")
+    run.add_argument("--data-types", nargs="+", choices=DATA_TYPES, default=list(DATA_TYPES),
+                     metavar="TYPE", help="tasks, projects, notes, timelines (default: all)")
+    run.add_argument("--extensions", nargs="+", default=[".md", ".txt"], metavar="EXT",
+                     help="file extensions to read (default: .md .txt)")
+    run.add_argument("--state", default=None,
+                     help="checkpoint database: a SQLite path or postgresql:// URL "
+                     f"(default: $DATABASE_URL or {DEFAULT_STATE})")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    console = Console(highlight=False)
+    errors = Console(stderr=True, highlight=False)
+    directory: Path = args.directory
+    if not directory.is_dir():
+        errors.print(NOT_A_FOLDER.format(path=directory))
+        return EXIT_BAD_INPUT
+    state_url = args.state or os.environ.get("DATABASE_URL") or DEFAULT_STATE
+    choice = load_chat_model()
+    console.print(f"[bold]relaygraph[/] local agent over {directory.resolve()}")
+    console.print(f"model: {choice.label}")
+    try:
+        device = LocalDevice([directory], args.db, on_call=_show_call(console))
+    except DeviceDatabaseError as exc:
+        errors.print(f"relaygraph: {exc}")
+        return EXIT_BAD_INPUT
+    context = default_context(directory, args.data_types, args.extensions)
+    try:
+        outcome = asyncio.run(
+            run_local_agent(
+                context=context,
+                state_url=state_url,
+                model=choice.model,
+                device=device,
+                on_update=_show_update(console),
+            )
+        )
+    except StorageError as exc:
+        errors.print(f"relaygraph: {exc}")
+        return EXIT_BAD_INPUT
+    finally:
+        device.close()
+    if outcome.resumed:
+        console.print(f"(continued the interrupted run {outcome.thread_id})")
+    _print_report(console, outcome.report, args.db)
+    return EXIT_OK if outcome.report["status"] == "success" else EXIT_RUN_FAILED
+
+
+def _show_update(console: Console) -> Any:
+    def show(namespace: tuple[str, ...], update: dict[str, Any]) -> None:
+        group = next((n for n in namespace if n.startswith("processing")), None)
+        for node, values in update.items():
+            if not isinstance(values, dict):
+                continue
+            if node == "scan_device" and "manifest" in values:
+                console.print(
+                    f"• scanned: {len(values['manifest'])} changed file(s), "
+                    f"{len(values.get('projects', []))} existing project(s)"
+                )
+            elif node == "group_files":
+                groups = values.get("groups", [])
+                console.print(f"• triage: {len(groups)} group(s) to process")
+            elif node == "gather" and group:
+                console.print(f"• group: read {values.get('files_read', 0)} file(s)")
+            elif node == "call_model" and group:
+                message = values["messages"][-1]
+                calls = len(getattr(message, "tool_calls", []) or [])
+                console.print(f"  model turn {values.get('turns')}: {calls} tool call(s)")
+    return show
+
+
+def _show_call(console: Console) -> Any:
+    def show(call: DeviceCall, result: DeviceResult, replayed: bool) -> None:
+        tool = DEVICE_TOOLS.get(call["name"])
+        if tool is None or tool.effect == "read":
+            return
+        label = call["args"].get("title") or call["args"].get("name") or ""
+        mark = "replayed" if replayed else ("ok" if result["ok"] else "failed")
+        console.print(f"    device: {call['name']} {label!r} ({mark})", style="dim")
+    return show
+
+
+def _print_report(console: Console, report: RunReport, db: Path) -> None:
+    table = Table(title=f"Run {report['status']}", show_footer=True)
+    table.add_column("data type", footer="total")
+    table.add_column("created", justify="right", footer=str(sum(report["created"].values())))
+    table.add_column("updated", justify="right", footer=str(sum(report["updated"].values())))
+    for data_type in DATA_TYPES:
+        table.add_row(
+            data_type,
+            str(report["created"].get(data_type, 0)),
+            str(report["updated"].get(data_type, 0)),
+        )
+    console.print(table)
+    console.print(
+        f"files: {report['files_scanned']} changed, {report['files_processed']} processed; "
+        f"entities in {db}"
+    )
+    for error in report["errors"]:
+        console.print(f"[red]error:[/] {error}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""`relaygraph run`: the local agent over one folder, on the embedded defaults.
+
+A run is recorded before it starts; if the process dies, the next `run` of the same agent
+resumes that thread from its checkpoint instead of starting over. The watermark moves only
+when a run ends success or partial.
+"""
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from langchain_core.language_models import BaseChatModel
+
+from checkpoints import open_checkpointer, open_store
+from graphs import local_agent
+from nodes.context import AgentContext
+from nodes.state import RunReport
+from relaygraph import runner
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """One finished run and whether it continued an interrupted one."""
+
+    thread_id: str
+    resumed: bool
+    report: RunReport
+
+
+def agent_key(context: AgentContext) -> str:
+    """Runs of the same folders, data types and extensions share a watermark."""
+    spec = "|".join(
+        [",".join(sorted(context.directory_paths)), ",".join(sorted(context.data_types)),
+         ",".join(sorted(context.file_extensions))]
+    )
+    return "local:" + hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+async def run_local_agent(
+    *,
+    context: AgentContext,
+    state_url: str,
+    model: BaseChatModel,
+    device: runner.Device,
+    on_update: runner.Update | None = None,
+) -> LocalRun:
+    """Run (or resume) the local agent for `context` and record its outcome."""
+    key = agent_key(context)
+    async with open_checkpointer(state_url) as saver, open_store(state_url) as store:
+        graph = local_agent.build(model).copy(update={"checkpointer": saver})
+        thread_id = await store.unfinished_run(key)
+        if thread_id is not None:
+            values = await runner.resume(
+                graph, thread_id=thread_id, context=context, device=device, on_update=on_update
+            )
+            resumed = True
+        else:
+            thread_id = str(uuid.uuid4())
+            since = await store.watermark(key)
+            await store.start_run(thread_id, key)
+            values = await runner.start(
+                graph,
+                thread_id=thread_id,
+                graph_input={"modified_since": since},
+                context=context,
+                device=device,
+                on_update=on_update,
+            )
+            resumed = False
+        report = cast(RunReport, values["report"])
+        await store.finish_run(thread_id, key, cast(dict[str, Any], report))
+    return LocalRun(thread_id=thread_id, resumed=resumed, report=report)
+
+
+def default_context(
+    directory: Path, data_types: Sequence[str], extensions: Sequence[str]
+) -> AgentContext:
+    return AgentContext(
+        directory_paths=[str(directory.resolve())],
+        data_types=list(data_types),
+        file_extensions=list(extensions),
+    )
