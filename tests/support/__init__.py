@@ -1,0 +1,1 @@
+"""Test doubles and real throwaway services the tests start."""

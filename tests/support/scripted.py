@@ -1,0 +1,49 @@
+"""Scripted chat models for graph tests: each call answers with the next scripted message."""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import Field
+
+Answer = AIMessage | Callable[[list[BaseMessage], set[str]], AIMessage]
+
+
+class ScriptedChatModel(BaseChatModel):
+    """Answers from a script; records every call's messages and bound tool names.
+
+    A script entry is an `AIMessage`, or a function of (messages, tool names) for answers
+    that depend on what the graph sent (for example ids the device made up).
+    """
+
+    script: list[Any] = Field(default_factory=list)
+    calls: list[tuple[list[BaseMessage], set[str]]] = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def bind_tools(
+        self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        names = {t["function"]["name"] for t in kwargs.get("tools") or []}
+        self.calls.append((list(messages), names))
+        if not self.script:
+            raise AssertionError(f"the script ran out at call {len(self.calls)}")
+        entry = self.script.pop(0)
+        message = entry(list(messages), names) if callable(entry) else entry
+        return ChatResult(generations=[ChatGeneration(message=message)])
