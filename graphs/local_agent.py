@@ -1,4 +1,4 @@
-"""The local directory agent: triage the folders, process each group in parallel, report.
+r"""The local directory agent: triage the folders, process each group in parallel, report.
 
     START -> begin -> triage -(groups?)-> processing (one Send per group) -> finalize -> END
                              \-(nothing to do)------------------------------^

@@ -1,4 +1,4 @@
-"""Processing: one group's files become creates and updates, in a tool loop.
+r"""Processing: one group's files become creates and updates, in a tool loop.
 
     START -> gather -(files read?)-> call_model <-> execute_tools
                     \                   |

@@ -1,4 +1,4 @@
-"""Triage: scan the folders in one device call, then the model groups the manifest.
+r"""Triage: scan the folders in one device call, then the model groups the manifest.
 
     START -> scan_device -(files?)-> group_files -> END
                          \-(none or error)-> END

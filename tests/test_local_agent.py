@@ -1,0 +1,290 @@
+"""The local agent end to end with scripted models, on memory, SQLite and Postgres."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, BaseMessage
+
+from device import LocalDevice
+from nodes.context import AgentContext
+from nodes.triage import TRIAGE_FAILED
+from tests.support.agent import (
+    RecordingDevice,
+    agent_graph,
+    group_payload,
+    run_agent,
+    tool_results,
+    tool_turn,
+    triage_call,
+    triage_payload,
+)
+from tests.support.scripted import ScriptedChatModel
+
+
+def seed_project(device: LocalDevice) -> tuple[str, str]:
+    """A user-made project with one task, as the desktop app would hold them."""
+    project = device.execute_one(
+        {"id": "seed-p", "name": "create_project", "args": {"name": "Website redesign"}}
+    )
+    project_id = project["result"]["id"]
+    task = device.execute_one(
+        {"id": "seed-t", "name": "create_task",
+         "args": {"title": "Draft the homepage wireframe", "projectId": project_id}}
+    )
+    return project_id, task["result"]["id"]
+
+
+def context_for(workspace: Path, **overrides: Any) -> AgentContext:
+    return AgentContext(directory_paths=[str(workspace)], **overrides)
+
+
+def split_by_folder(project_id: str) -> Any:
+    """Triage that puts website-redesign files in the project and the rest standalone."""
+
+    def answer(messages: list[BaseMessage], names: set[str]) -> AIMessage:
+        files = [f["path"] for f in triage_payload(messages)["files"]]
+        website = [f for f in files if "/website-redesign/" in f]
+        return triage_call({project_id: website, "standalone": [f for f in files if f not in website]})
+
+    return answer
+
+
+def update_first_brain(project_id: str) -> Any:
+    """Processing turns: update the matching task, create what is new, then summarise."""
+
+    def answer(messages: list[BaseMessage], names: set[str]) -> AIMessage:
+        if any(isinstance(m, AIMessage) for m in messages):
+            return AIMessage(content="Updated one task, created the rest.")
+        group = group_payload(messages)
+        if group["project_id"] == project_id:
+            existing = group["existing"]["tasks"][0]
+            return tool_turn(
+                ("update_task", {"taskId": existing["id"], "state": "In Progress"}),
+                ("add_task_comment", {"taskId": existing["id"], "content": "Draft started."}),
+                ("create_timeline", {"title": "Launch", "date": "2026-03-20",
+                                     "projectId": project_id}),
+            )
+        return tool_turn(
+            ("create_task", {"title": "Renew the domain name"}),
+            ("create_note", {"title": "Ideas", "content": "A newsletter for past clients."}),
+        )
+
+    return answer
+
+
+async def test_local_agent_updates_first_and_counts_from_tool_results(
+    storage_url: str, workspace: Path, device: LocalDevice
+) -> None:
+    project_id, task_id = seed_project(device)
+    triage = split_by_folder(project_id)
+    brain = update_first_brain(project_id)
+    model = ScriptedChatModel(script=[triage, brain, brain, brain, brain])
+    recorder = RecordingDevice(device)
+
+    async with agent_graph(storage_url, model) as graph:
+        values = await run_agent(graph, context_for(workspace), recorder)
+
+    report = values["report"]
+    assert report["status"] == "success", report["errors"]
+    assert report["files_scanned"] == 4
+    assert report["files_processed"] == 4
+    assert report["created"] == {"timelines": 1, "tasks": 1, "notes": 1}
+    assert report["updated"] == {"tasks": 2}
+    assert report["watermark"] is not None
+    assert not model.script, "every scripted answer was used exactly once"
+
+    tasks = {t["title"]: t for t in device.rows("tasks")}
+    assert tasks["Draft the homepage wireframe"]["state"] == "In Progress"
+    assert tasks["Draft the homepage wireframe"]["isAiSuggested"] == 0
+    created = tasks["Renew the domain name"]
+    assert (created["isAiSuggested"], created["isApproved"]) == (1, 0)
+    assert created["state"] == "ToDo"
+    [comment] = device.rows("task_comments")
+    assert (comment["taskId"], comment["author"]) == (task_id, "Adiuva")
+    [timeline] = device.rows("timelines")
+    assert (timeline["projectId"], timeline["isAiSuggested"]) == (project_id, 1)
+    # triage is one batch: the scan and the project list, no model-driven folder walking
+    assert [c["name"] for c in recorder.batches[0]] == ["scan_directory", "list_all_projects"]
+
+
+async def test_device_calls_of_one_model_turn_go_out_as_one_interrupt(
+    storage_url: str, workspace: Path, device: LocalDevice
+) -> None:
+    turn = tool_turn(
+        ("create_task", {"title": "One"}),
+        ("create_task", {"title": "Two"}),
+        ("create_note", {"title": "Three", "content": "x"}),
+    )
+    model = ScriptedChatModel(
+        script=[triage_call({"standalone": [str(workspace / "inbox.md")]}), turn,
+                AIMessage(content="done")]
+    )
+    recorder = RecordingDevice(device)
+    context = context_for(workspace)
+    async with agent_graph(storage_url, model) as graph:
+        values = await run_agent(graph, context, recorder)
+
+    assert values["report"]["status"] == "success"
+    sizes = [[c["name"] for c in batch] for batch in recorder.batches]
+    assert sizes[-1] == ["create_task", "create_task", "create_note"]
+    assert len(recorder.batches) == 3  # triage, gather, the one model turn
+
+
+async def test_refused_calls_never_reach_the_device(workspace: Path, device: LocalDevice) -> None:
+    (workspace / "secret.pdf").write_text("not for the agent")
+    turn = tool_turn(
+        ("delete_everything", {}),
+        ("create_task", {"description": "no title"}),
+        ("read_file_content", {"path": "/etc/passwd"}),
+        ("read_file_content", {"path": str(workspace / "../workspace/../../etc/hosts")}),
+        ("read_file_content", {"path": str(workspace / "secret.pdf")}),
+    )
+    model = ScriptedChatModel(
+        script=[triage_call({"standalone": [str(workspace / "inbox.md")]}), turn,
+                AIMessage(content="done")]
+    )
+    recorder = RecordingDevice(device)
+    async with agent_graph("memory", model) as graph:
+        values = await run_agent(graph, context_for(workspace), recorder)
+
+    assert len(recorder.batches) == 2, "the refused turn made no device round trip"
+    results = tool_results(model.calls[-1][0])
+    assert [r["status"] for r in results] == ["error"] * 5
+    assert "Unknown tool 'delete_everything'" in results[0]["content"]
+    assert "title" in results[1]["content"] and "Field required" in results[1]["content"]
+    assert "outside the agent's directories" in results[2]["content"]
+    assert "outside the agent's directories" in results[3]["content"]
+    assert "allowed extensions" in results[4]["content"]
+    report = values["report"]
+    assert report["status"] == "success"  # refusals are the model's to recover from
+    assert report["groups"][0]["refused_calls"] == 5
+
+
+async def test_device_failures_come_back_as_error_messages_and_make_the_run_partial(
+    workspace: Path, device: LocalDevice
+) -> None:
+    turn = tool_turn(
+        ("update_task", {"taskId": "no-such-task", "state": "Completed"}),
+        ("create_task", {"title": "Still created"}),
+    )
+    model = ScriptedChatModel(
+        script=[triage_call({"standalone": [str(workspace / "inbox.md")]}), turn,
+                AIMessage(content="one failed")]
+    )
+    async with agent_graph("memory", model) as graph:
+        values = await run_agent(graph, context_for(workspace), RecordingDevice(device))
+
+    [failed, created] = tool_results(model.calls[-1][0])
+    assert failed["status"] == "error" and "does not exist" in failed["content"]
+    assert created["status"] == "success"
+    report = values["report"]
+    assert report["status"] == "partial"
+    assert report["created"] == {"tasks": 1} and report["updated"] == {}
+    assert any("does not exist" in e for e in report["errors"])
+    assert report["watermark"] is not None, "a partial run still moves the watermark"
+
+
+async def test_step_budget_ends_with_a_final_answer_without_tools(
+    workspace: Path, device: LocalDevice
+) -> None:
+    def always_tools(messages: list[BaseMessage], names: set[str]) -> AIMessage:
+        if not names:
+            return AIMessage(content="Out of steps; the rest is undone.")
+        return tool_turn(("list_tasks", {}))
+
+    model = ScriptedChatModel(
+        script=[triage_call({"standalone": [str(workspace / "inbox.md")]})] + [always_tools] * 3
+    )
+    context = context_for(workspace, max_processing_steps=2)
+    async with agent_graph("memory", model) as graph:
+        values = await run_agent(graph, context, RecordingDevice(device))
+
+    bound = [names for _, names in model.calls[1:]]
+    assert [bool(n) for n in bound] == [True, True, False]
+    outcome = values["report"]["groups"][0]
+    assert outcome["summary"] == "Out of steps; the rest is undone."
+
+
+async def test_triage_is_chunked_for_large_trees(workspace: Path, device: LocalDevice) -> None:
+    def everything_standalone(messages: list[BaseMessage], names: set[str]) -> AIMessage:
+        return triage_call({"standalone": [f["path"] for f in triage_payload(messages)["files"]]})
+
+    model = ScriptedChatModel(
+        script=[everything_standalone, everything_standalone, AIMessage(content="nothing")]
+    )
+    context = context_for(workspace, triage_chunk_size=3)
+    async with agent_graph("memory", model) as graph:
+        values = await run_agent(graph, context, RecordingDevice(device))
+
+    chunk_sizes = [len(triage_payload(m)["files"]) for m, _ in model.calls[:2]]
+    assert chunk_sizes == [3, 1]
+    assert values["report"]["files_processed"] == 4
+
+
+async def test_invalid_triage_is_retried_then_the_run_fails_clearly(
+    storage_url: str, workspace: Path, device: LocalDevice
+) -> None:
+    bad = triage_call({"standalone": ["/nowhere/invented.md"]})
+    unknown_project = triage_call({"p-404": [str(workspace / "inbox.md")]})
+    garbage = AIMessage(content="Sure! Here are your groups: inbox.md -> misc")
+    model = ScriptedChatModel(script=[bad, unknown_project, garbage])
+    recorder = RecordingDevice(device)
+    async with agent_graph(storage_url, model) as graph:
+        values = await run_agent(graph, context_for(workspace), recorder, since=None)
+
+    report = values["report"]
+    assert report["status"] == "error"
+    assert report["errors"][0].startswith(TRIAGE_FAILED.split("{")[0])
+    assert report["watermark"] is None, "a failed run does not move the watermark"
+    assert len(recorder.batches) == 1, "nothing was processed"
+    assert device.count_rows() == {"projects": 0, "tasks": 0, "notes": 0, "timelines": 0}
+
+
+async def test_invalid_triage_answer_is_retried(workspace: Path, device: LocalDevice) -> None:
+    bad = triage_call({"standalone": ["/nowhere/invented.md"]})
+    good = triage_call({"standalone": [str(workspace / "inbox.md")]})
+    model = ScriptedChatModel(script=[bad, good, AIMessage(content="nothing to do")])
+    async with agent_graph("memory", model) as graph:
+        values = await run_agent(graph, context_for(workspace), RecordingDevice(device))
+    assert values["report"]["status"] == "success"
+    assert not model.script
+
+
+async def test_unchanged_folder_makes_no_model_call(workspace: Path, device: LocalDevice) -> None:
+    model = ScriptedChatModel(script=[])  # any model call would fail the test
+    recorder = RecordingDevice(device)
+    async with agent_graph("memory", model) as graph:
+        values = await run_agent(graph, context_for(workspace), recorder, since="2999-01-01T00:00:00+00:00")
+    report = values["report"]
+    assert report["status"] == "success"
+    assert report["files_scanned"] == 0 and model.calls == []
+    assert len(recorder.batches) == 1
+
+
+@pytest.mark.parametrize("missing", ["folder", "file"])
+async def test_missing_folder_or_vanished_file_is_reported(
+    missing: str, workspace: Path, device: LocalDevice
+) -> None:
+    inbox = workspace / "inbox.md"
+    context = context_for(workspace if missing == "file" else workspace / "gone")
+
+    async def vanish(calls: Any) -> None:
+        if any(c["name"] == "read_file_content" for c in calls):
+            inbox.unlink(missing_ok=True)
+
+    def everything_standalone(messages: list[BaseMessage], names: set[str]) -> AIMessage:
+        return triage_call({"standalone": [f["path"] for f in triage_payload(messages)["files"]]})
+
+    brain = AIMessage(content="done")
+    model = ScriptedChatModel(script=[everything_standalone, brain])
+    async with agent_graph("memory", model) as graph:
+        values = await run_agent(graph, context, RecordingDevice(device, before=vanish))
+    report = values["report"]
+    if missing == "folder":
+        assert report["status"] == "error"
+        assert "Could not scan" in report["errors"][0] and "not a folder" in report["errors"][0]
+    else:
+        assert report["status"] == "partial"
+        assert any("inbox.md: could not be read" in e for e in report["errors"])
+        assert report["files_processed"] == 3
