@@ -278,14 +278,23 @@ def _unanswered_tool_calls(messages: list[dict[str, Any]]) -> list[str]:
 
 
 def _brain_view(messages: list[dict[str, Any]]) -> list[BaseMessage]:
-    """The conversation as LangChain messages, without the exchanges of served faults."""
-    converted = []
+    """The conversation as LangChain messages, without the exchanges of served faults.
+
+    The wire format drops a tool message's `name`; it is put back from the assistant call
+    it answers, as a model links a result to its call by `tool_call_id`.
+    """
+    converted: list[BaseMessage] = []
+    names: dict[str, str] = {}
     for raw in messages:
         message = _convert_dict_to_message(raw)
-        if isinstance(message, ToolMessage) and message.tool_call_id.startswith(FAULT_ID_PREFIX):
-            continue
-        if isinstance(message, AIMessage) and _is_fault(raw):
-            continue
+        if isinstance(message, ToolMessage):
+            if message.tool_call_id.startswith(FAULT_ID_PREFIX):
+                continue
+            message.name = message.name or names.get(message.tool_call_id)
+        elif isinstance(message, AIMessage):
+            if _is_fault(raw):
+                continue
+            names.update({c["id"] or "": c["name"] for c in message.tool_calls})
         converted.append(message)
     return converted
 
@@ -296,8 +305,9 @@ def _is_fault(raw: Mapping[str, Any]) -> bool:
 
 
 def _error(text: str) -> dict[str, Any]:
-    return {"error": {"message": text, "type": "invalid_request_error", "param": None,
-                      "code": None}}
+    return {
+        "error": {"message": text, "type": "invalid_request_error", "param": None, "code": None}
+    }
 
 
 def _sse(completion: dict[str, Any], include_usage: bool) -> Iterator[dict[str, Any]]:
