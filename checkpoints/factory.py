@@ -46,7 +46,9 @@ def sqlite_path(url: str) -> Path:
 
 
 @asynccontextmanager
-async def postgres_pool(url: str, *, max_size: int = 10) -> AsyncIterator[AsyncConnectionPool]:
+async def postgres_pool(
+    url: str, *, max_size: int = 10
+) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[DictRow]]]:
     """A psycopg pool with the settings the LangGraph savers need."""
     pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
         url,
@@ -75,7 +77,7 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
         yield InMemorySaver()
     elif kind == "postgres":
         async with postgres_pool(url) as pool:
-            saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+            saver = AsyncPostgresSaver(pool)
             await saver.setup()
             yield saver
     else:

@@ -9,9 +9,11 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import aiosqlite
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.factory import postgres_pool, sqlite_path, storage_kind
@@ -43,7 +45,9 @@ INSERT_RUN = (
     "INSERT INTO relaygraph_runs (thread_id, agent_key, status, started_at) "
     "VALUES (?, ?, 'running', ?)"
 )
-FINISH_RUN = "UPDATE relaygraph_runs SET status = ?, finished_at = ?, report = ? WHERE thread_id = ?"
+FINISH_RUN = (
+    "UPDATE relaygraph_runs SET status = ?, finished_at = ?, report = ? WHERE thread_id = ?"
+)
 SELECT_WATERMARK = "SELECT modified_since FROM relaygraph_watermarks WHERE agent_key = ?"
 UPSERT_WATERMARK = (
     "INSERT INTO relaygraph_watermarks (agent_key, modified_since) VALUES (?, ?) "
@@ -72,13 +76,13 @@ class _Sqlite:
 
 
 class _Postgres:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[DictRow]]) -> None:
         self.pool = pool
 
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:
             cursor = await conn.execute(sql.replace("?", "%s"), params)
-            return list(await cursor.fetchall())
+            return cast(list[dict[str, Any]], await cursor.fetchall())
 
     async def execute(self, *statements: tuple[str, Sequence[Any]]) -> None:
         async with self.pool.connection() as conn, conn.transaction():
@@ -110,7 +114,9 @@ class AppStore:
 
     async def finish_run(self, thread_id: str, agent_key: str, report: dict[str, Any]) -> None:
         """Record the outcome and, in the same transaction, the agent's next watermark."""
-        statements = [(FINISH_RUN, (report["status"], _now(), json.dumps(report), thread_id))]
+        statements: list[tuple[str, Sequence[Any]]] = [
+            (FINISH_RUN, (report["status"], _now(), json.dumps(report), thread_id))
+        ]
         if report.get("watermark"):
             statements.append((UPSERT_WATERMARK, (agent_key, report["watermark"])))
         await self.db.execute(*statements)

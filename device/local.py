@@ -177,8 +177,11 @@ class LocalDevice:
                 content = handle.read(max_chars + 1)
         except OSError as exc:
             raise ToolFailed(f"Cannot read {path}: {exc.strerror or exc}") from exc
-        return {"path": str(file), "content": content[:max_chars],
-                "truncated": len(content) > max_chars}
+        return {
+            "path": str(file),
+            "content": content[:max_chars],
+            "truncated": len(content) > max_chars,
+        }
 
     def _tool_scan_directory(
         self, path: str, extensions: list[str] | None = None, modified_since: str | None = None
@@ -206,7 +209,7 @@ class LocalDevice:
         return {"root": str(folder), "files": files}
 
     def _rows(self, table: str, project_id: str | None = None, **filters: Any) -> list[dict]:
-        sql, params = f"SELECT * FROM {table}", []  # noqa: S608 - table names are constants
+        sql, params = f"SELECT * FROM {table}", []
         clauses = [f"{k} = ?" for k in filters]
         params += list(filters.values())
         if project_id is not None:
@@ -224,7 +227,7 @@ class LocalDevice:
         row = {k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()}
         columns = ", ".join(row)
         self._db.execute(
-            f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})",  # noqa: S608
+            f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})",
             list(row.values()),
         )
         return self._get(table, row["id"])
@@ -235,13 +238,13 @@ class LocalDevice:
         values["updatedAt"] = _now()
         assignments = ", ".join(f"{k} = ?" for k in values)
         self._db.execute(
-            f"UPDATE {table} SET {assignments} WHERE id = ?",  # noqa: S608
+            f"UPDATE {table} SET {assignments} WHERE id = ?",
             [*values.values(), row_id],
         )
         return self._get(table, row_id)
 
     def _get(self, table: str, row_id: str) -> dict[str, Any]:
-        row = self._db.execute(f"SELECT * FROM {table} WHERE id = ?", (row_id,)).fetchone()  # noqa: S608
+        row = self._db.execute(f"SELECT * FROM {table} WHERE id = ?", (row_id,)).fetchone()
         if row is None:
             raise ToolFailed(NOT_FOUND.format(kind=table.rstrip("s"), id=row_id))
         return _row(row)
@@ -272,8 +275,9 @@ class LocalDevice:
 
     def _tool_add_task_comment(self, taskId: str, content: str, author: str) -> dict[str, Any]:
         self._get("tasks", taskId)
-        return self._insert("task_comments", {"taskId": taskId, "content": content,
-                                              "author": author})
+        return self._insert(
+            "task_comments", {"taskId": taskId, "content": content, "author": author}
+        )
 
     def _tool_list_notes(self, projectId: str | None = None) -> list[dict[str, Any]]:
         return self._rows("notes", projectId)
@@ -303,15 +307,14 @@ class LocalDevice:
     def count_rows(self) -> dict[str, int]:
         """Rows per entity table."""
         return {
-            t: self._db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608
-            for t in ENTITY_TABLES
+            t: self._db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ENTITY_TABLES
         }
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         """Every row of one entity table."""
         if table not in (*ENTITY_TABLES, "task_comments", "device_calls"):
             raise ValueError(table)
-        return [_row(r) for r in self._db.execute(f"SELECT * FROM {table}")]  # noqa: S608
+        return [_row(r) for r in self._db.execute(f"SELECT * FROM {table}")]
 
 
 def _row(row: sqlite3.Row) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 r"""The local directory agent: triage the folders, process each group in parallel, report.
 
-    START -> begin -> triage -(groups?)-> processing (one Send per group) -> finalize -> END
-                             \-(nothing to do)------------------------------^
+START -> begin -> triage -(groups?)-> processing (one Send per group) -> finalize -> END
+                         \-(nothing to do)------------------------------^
 """
 
 from langchain_core.language_models import BaseChatModel
@@ -14,8 +14,14 @@ from nodes.context import AgentContext
 from nodes.local_agent import begin, finalize, route_groups
 from nodes.state import LocalAgentInput, LocalAgentOutput, LocalAgentState
 
+LocalAgentGraph = CompiledStateGraph[
+    LocalAgentState, AgentContext, LocalAgentInput, LocalAgentOutput
+]
 
-def build(model: BaseChatModel | None = None) -> CompiledStateGraph:
+
+def build(
+    model: BaseChatModel | None = None,
+) -> LocalAgentGraph:
     """The local agent; the subgraphs keep the default checkpointer (invariant 9)."""
     model = model or load_chat_model().model
     builder = StateGraph(

@@ -1,8 +1,8 @@
 r"""Processing: one group's files become creates and updates, in a tool loop.
 
-    START -> gather -(files read?)-> call_model <-> execute_tools
-                    \                   |
-                     `-----------> record_outcome -> END
+START -> gather -(files read?)-> call_model <-> execute_tools
+                \                   |
+                 `-----------> record_outcome -> END
 """
 
 from langchain_core.language_models import BaseChatModel
@@ -21,8 +21,14 @@ from nodes.processing import (
 )
 from nodes.state import ProcessingInput, ProcessingOutput, ProcessingState
 
+ProcessingGraph = CompiledStateGraph[
+    ProcessingState, AgentContext, ProcessingInput, ProcessingOutput
+]
 
-def build(model: BaseChatModel | None = None) -> CompiledStateGraph:
+
+def build(
+    model: BaseChatModel | None = None,
+) -> ProcessingGraph:
     """The processing subgraph. Compiled without a checkpointer (invariant 9)."""
     builder = StateGraph(
         ProcessingState,

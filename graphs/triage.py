@@ -1,7 +1,7 @@
 r"""Triage: scan the folders in one device call, then the model groups the manifest.
 
-    START -> scan_device -(files?)-> group_files -> END
-                         \-(none or error)-> END
+START -> scan_device -(files?)-> group_files -> END
+                     \-(none or error)-> END
 """
 
 from langchain_core.language_models import BaseChatModel
@@ -13,8 +13,12 @@ from nodes.context import AgentContext
 from nodes.state import TriageState
 from nodes.triage import group_files_node, route_manifest, scan_device
 
+TriageGraph = CompiledStateGraph[TriageState, AgentContext, TriageState, TriageState]
 
-def build(model: BaseChatModel | None = None) -> CompiledStateGraph:
+
+def build(
+    model: BaseChatModel | None = None,
+) -> TriageGraph:
     """The triage subgraph; `model` defaults to the one the environment configures."""
     builder = StateGraph(TriageState, context_schema=AgentContext)
     builder.add_node(scan_device)

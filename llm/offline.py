@@ -34,8 +34,14 @@ _DATE = re.compile(r"\b(?P<date>\d{4}-\d{2}-\d{2})\b")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(?P<title>.+?)\s*#*\s*$")
 _BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 
-_CHECKBOX_STATE = {" ": "ToDo", "x": "Completed", "X": "Completed", "/": "In Progress",
-                   "~": "In Progress", "-": "In Progress"}
+_CHECKBOX_STATE = {
+    " ": "ToDo",
+    "x": "Completed",
+    "X": "Completed",
+    "/": "In Progress",
+    "~": "In Progress",
+    "-": "In Progress",
+}
 _TAG_STATE = {"TODO": "ToDo", "FIXME": "ToDo", "DOING": "In Progress", "DONE": "Completed"}
 
 
@@ -147,11 +153,18 @@ def _processing_answer(
     projects = {str(p["name"]).casefold(): str(p["id"]) for p in existing.get("projects", [])}
     projects.update(_created_projects(messages))
 
-    folders = {folder for table in (found.tasks, found.timelines, found.notes)
-               for _, folder in table.values() if folder}
+    folders = {
+        folder
+        for table in (found.tasks, found.timelines, found.notes)
+        for _, folder in table.values()
+        if folder
+    }
     missing = sorted(f for f in folders if f.casefold() not in projects)
-    if not turns and group["project_id"] == "standalone" and missing and (
-        "create_project" in tool_names
+    if (
+        not turns
+        and group["project_id"] == "standalone"
+        and missing
+        and ("create_project" in tool_names)
     ):
         calls = [_call("create_project", {"name": name}, f"p{i}") for i, name in enumerate(missing)]
         return AIMessage(content="", tool_calls=calls)
@@ -210,9 +223,16 @@ def _entity_calls(
 
 
 def _created_projects(messages: Sequence[BaseMessage]) -> dict[str, str]:
+    """Projects made earlier in this conversation, by name. Tool messages are matched to
+    their calls by id: the OpenAI wire format does not carry a tool message's name."""
+    called = {
+        c["id"]: c["name"] for m in messages if isinstance(m, AIMessage) for c in m.tool_calls
+    }
     created: dict[str, str] = {}
     for message in messages:
-        if isinstance(message, ToolMessage) and message.name == "create_project":
+        if not isinstance(message, ToolMessage):
+            continue
+        if called.get(message.tool_call_id, message.name) == "create_project":
             if message.status == "error" or not isinstance(message.content, str):
                 continue
             try:

@@ -20,7 +20,7 @@ from typing_extensions import TypedDict
 from tools.catalog import DEVICE_TOOLS, DeviceTool
 from tools.policy import PathPolicy, PolicyViolation
 
-DEVICE_CALLS = "device_calls"
+DEVICE_CALLS: Literal["device_calls"] = "device_calls"
 
 UNKNOWN_TOOL = "Unknown tool {name!r}. Available tools: {available}."
 INVALID_ARGUMENTS = "Invalid arguments for {name}: {details}"

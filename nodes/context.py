@@ -1,6 +1,10 @@
-"""Run parameters of the device agents (`context_schema`), as an assistant's `context` holds them."""
+"""Run parameters of the device agents (`context_schema`): an assistant's `context`."""
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from langgraph.runtime import Runtime
 
 from tools.catalog import COMMENT_AUTHOR, DATA_TYPES
 from tools.policy import PathPolicy
@@ -38,3 +42,14 @@ class AgentContext:
 
     def policy(self) -> PathPolicy:
         return PathPolicy.build(self.directory_paths, self.file_extensions)
+
+
+StateT_contra = TypeVar("StateT_contra", contravariant=True)
+
+
+class AgentNode(Protocol[StateT_contra]):
+    """A node built around a model: `node(state, runtime=...)` returns a state update."""
+
+    def __call__(
+        self, state: StateT_contra, *, runtime: Runtime[AgentContext]
+    ) -> Awaitable[dict[str, Any]]: ...

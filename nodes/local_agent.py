@@ -48,7 +48,8 @@ def route_groups(state: LocalAgentState) -> list[Send] | Literal["finalize"]:
 def finalize(state: LocalAgentState) -> LocalAgentState:
     """The run's report; the watermark moves to the start time only on success or partial."""
     outcomes = sorted(state.get("outcomes", []), key=lambda o: o["key"])
-    errors = [state["triage_error"]] if state.get("triage_error") else []
+    triage_error = state.get("triage_error")
+    errors = [triage_error] if triage_error else []
     errors += [e for o in outcomes for e in o["errors"]]
     status = _status(state, outcomes)
     return {
@@ -59,9 +60,7 @@ def finalize(state: LocalAgentState) -> LocalAgentState:
             created=_total(o["created"] for o in outcomes),
             updated=_total(o["updated"] for o in outcomes),
             errors=errors,
-            watermark=(
-                state["started_at"] if status != "error" else state.get("modified_since")
-            ),
+            watermark=(state["started_at"] if status != "error" else state.get("modified_since")),
             groups=outcomes,
         )
     }

@@ -5,7 +5,6 @@ gather (one bridge call) -> call_model <-> execute_tools (one bridge call per mo
 """
 
 import posixpath
-from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
@@ -21,7 +20,7 @@ from nodes.bridge import (
     prepare_calls,
     tool_messages,
 )
-from nodes.context import AgentContext
+from nodes.context import AgentContext, AgentNode
 from nodes.payloads import GROUP_KIND, payload_message
 from nodes.state import STANDALONE, GroupOutcome, ProcessingState
 from tools.catalog import DEVICE_TOOLS, LIST_TOOL_BY_DATA_TYPE, tools_for_data_types
@@ -32,14 +31,17 @@ INVALID_JSON = "The arguments of {name} are not valid JSON: {error}"
 BUDGET_USED = "Group {key}: the budget of {steps} model turns was used up before it finished."
 
 
-def gather(state: ProcessingState, runtime: Runtime[AgentContext]) -> ProcessingState:
+def gather(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Read the group's files and fetch the existing records, in one device round trip."""
     context = runtime.context
     group = state["group"]
     scope = f"g{state['group_index']}.gather"
     reads = [
-        DeviceCall(id=call_id(state["run_key"], scope, f"read{i}"), name="read_file_content",
-                   args={"path": path, "max_chars": 20_000})
+        DeviceCall(
+            id=call_id(state["run_key"], scope, f"read{i}"),
+            name="read_file_content",
+            args={"path": path, "max_chars": 20_000},
+        )
         for i, path in enumerate(group["files"])
     ]
     project_filter = {} if group["key"] == STANDALONE else {"projectId": group["key"]}
@@ -109,10 +111,10 @@ def route_gathered(state: ProcessingState) -> Literal["call_model", "record_outc
 
 def call_model_node(
     model: BaseChatModel,
-) -> Callable[[ProcessingState, Runtime[AgentContext]], Awaitable[ProcessingState]]:
+) -> AgentNode[ProcessingState]:
     """The model node of the tool loop; past the budget it is asked for a final answer."""
 
-    async def call_model(state: ProcessingState, runtime: Runtime[AgentContext]) -> ProcessingState:
+    async def call_model(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         """One model turn: tool calls for the device, or the group's summary."""
         context = runtime.context
         turns = state.get("turns", 0)
@@ -139,7 +141,7 @@ def route_model_output(
     return "record_outcome"
 
 
-def execute_tools(state: ProcessingState, runtime: Runtime[AgentContext]) -> ProcessingState:
+def execute_tools(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Run the last model turn's tool calls on the device, as one interrupt."""
     context = runtime.context
     last = state["messages"][-1]
@@ -170,7 +172,7 @@ def _malformed_calls(last: AIMessage, prepared: PreparedCalls) -> list[ToolCall]
     return calls
 
 
-def record_outcome(state: ProcessingState, runtime: Runtime[AgentContext]) -> ProcessingState:
+def record_outcome(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Count what the device created and updated, from the tool results themselves."""
     names: dict[str, str] = {}
     for message in state.get("messages", []):

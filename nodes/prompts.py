@@ -12,6 +12,10 @@ Answer only by calling {tool_name}.
 TRIAGE_REQUEST = """\
 Existing projects and changed files (chunk {chunk} of {chunks}) follow as JSON."""
 
+TRIAGE_RETRY = """\
+Your previous answer could not be used: {error}
+Answer again by calling {tool_name}, with every file of the manifest exactly once."""
+
 PROCESSING_SYSTEM = """\
 You keep a freelancer's project-management app up to date from their files.
 

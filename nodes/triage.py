@@ -2,20 +2,21 @@
 
 import json
 import posixpath
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
+from functools import partial
 from typing import Any, Literal
 
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import SystemMessage
-from langchain_core.runnables import RunnableConfig, RunnableLambda
-from langgraph.graph import END
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import Runnable, RunnableLambda
+from langgraph.config import get_config
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
 from nodes import prompts
 from nodes.bridge import DeviceCall, ask_device, call_id, device_tool
-from nodes.context import AgentContext
+from nodes.context import AgentContext, AgentNode
 from nodes.payloads import TRIAGE_KIND, payload_message
 from nodes.state import STANDALONE, FileEntry, Group, TriageAnswer, TriageState
 from tools.policy import PolicyViolation, normalize_extension
@@ -34,19 +35,20 @@ class InvalidTriage(ValueError):
     """A grouping that names files or projects the manifest does not have."""
 
 
-def run_key_of(state: TriageState, config: RunnableConfig) -> str:
+INVALID_ANSWER = (OutputParserException, ValidationError, InvalidTriage)
+
+
+def run_key_of(state: TriageState) -> str:
     """The run's key; a subgraph started on its own (in Studio) falls back to its thread id."""
-    return state.get("run_key") or str(config.get("configurable", {}).get("thread_id", "run"))
+    return state.get("run_key") or str(get_config()["configurable"].get("thread_id", "run"))
 
 
-def scan_device(
-    state: TriageState, config: RunnableConfig, runtime: Runtime[AgentContext]
-) -> TriageState:
+def scan_device(state: TriageState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Scan every configured folder and list the existing projects, in one device round trip."""
     context = runtime.context
     if not context.directory_paths:
         return {"triage_error": NO_DIRECTORIES, "manifest": [], "projects": []}
-    run_key = run_key_of(state, config)
+    run_key = run_key_of(state)
     policy = context.policy()
     scans: list[DeviceCall] = []
     for index, path in enumerate(context.directory_paths):
@@ -61,8 +63,11 @@ def scan_device(
             policy.check(device_tool("scan_directory"), args)
         except PolicyViolation as exc:
             return {"triage_error": str(exc), "manifest": [], "projects": []}
-        scans.append(DeviceCall(id=call_id(run_key, "triage", f"scan{index}"), name="scan_directory",
-                                args=args))
+        scans.append(
+            DeviceCall(
+                id=call_id(run_key, "triage", f"scan{index}"), name="scan_directory", args=args
+            )
+        )
     projects_call = DeviceCall(
         id=call_id(run_key, "triage", "projects"), name="list_all_projects", args={}
     )
@@ -106,17 +111,17 @@ def _manifest_entries(root: str, result: Any, policy: Any) -> list[FileEntry]:
 def route_manifest(state: TriageState) -> Literal["group_files", "__end__"]:
     """Group only when the scan found files; an empty manifest costs no model call."""
     if state.get("triage_error") or not state.get("manifest"):
-        return END
+        return "__end__"
     return "group_files"
 
 
 def group_files_node(
     model: BaseChatModel,
-) -> Callable[[TriageState, Runtime[AgentContext]], Awaitable[TriageState]]:
+) -> AgentNode[TriageState]:
     """The model node that groups the manifest, one structured call per chunk."""
     structured = model.with_structured_output(TriageAnswer, method="function_calling")
 
-    async def group_files(state: TriageState, runtime: Runtime[AgentContext]) -> TriageState:
+    async def group_files(state: TriageState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         """Group the manifest into existing projects or `standalone`, chunk by chunk."""
         context = runtime.context
         manifest = state.get("manifest", [])
@@ -140,17 +145,14 @@ def group_files_node(
             request = payload_message(
                 prompts.TRIAGE_REQUEST.format(chunk=number, chunks=len(chunks)), payload
             )
-            checked = (
-                structured
-                | RunnableLambda(lambda answer, chunk=chunk: _checked(answer, chunk, project_ids))
-            ).with_retry(
-                retry_if_exception_type=(OutputParserException, ValidationError, InvalidTriage),
-                stop_after_attempt=TRIAGE_ATTEMPTS,
-                wait_exponential_jitter=False,
+            checked = _with_feedback(
+                structured | RunnableLambda(partial(_checked, chunk=chunk, project_ids=project_ids))
             )
             try:
-                answer: dict[str, list[str]] = await checked.ainvoke([system, request])
-            except (OutputParserException, ValidationError, InvalidTriage) as exc:
+                answer: dict[str, list[str]] = await checked.ainvoke(
+                    {"messages": [system, request]}
+                )
+            except INVALID_ANSWER as exc:
                 error = TRIAGE_FAILED.format(attempts=TRIAGE_ATTEMPTS, error=_short(exc))
                 return {"triage_error": error, "groups": []}
             for key, paths in answer.items():
@@ -159,6 +161,28 @@ def group_files_node(
         return {"groups": groups}
 
     return group_files
+
+
+def _with_feedback(
+    attempt: Runnable[list[BaseMessage], dict[str, list[str]]],
+) -> Runnable[dict[str, Any], dict[str, list[str]]]:
+    """Retry an invalid answer, telling the model what was wrong with the last one."""
+
+    def conversation(inputs: dict[str, Any]) -> list[BaseMessage]:
+        messages = list(inputs["messages"])
+        if (error := inputs.get("last_error")) is not None:
+            retry = prompts.TRIAGE_RETRY.format(
+                error=_short(error), tool_name=TriageAnswer.__name__
+            )
+            messages.append(HumanMessage(retry))
+        return messages
+
+    once = RunnableLambda(conversation) | attempt
+    return once.with_fallbacks(
+        [once] * (TRIAGE_ATTEMPTS - 1),
+        exceptions_to_handle=INVALID_ANSWER,
+        exception_key="last_error",
+    )
 
 
 def _checked(

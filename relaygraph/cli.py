@@ -48,15 +48,33 @@ def _parser() -> argparse.ArgumentParser:
         "in a local SQLite entity database. No server and no API key needed.",
     )
     run.add_argument("directory", metavar="DIR", type=Path)
-    run.add_argument("--db", type=Path, default=Path(DEFAULT_ENTITIES),
-                     help=f"entity database (default: {DEFAULT_ENTITIES})")
-    run.add_argument("--data-types", nargs="+", choices=DATA_TYPES, default=list(DATA_TYPES),
-                     metavar="TYPE", help="tasks, projects, notes, timelines (default: all)")
-    run.add_argument("--extensions", nargs="+", default=[".md", ".txt"], metavar="EXT",
-                     help="file extensions to read (default: .md .txt)")
-    run.add_argument("--state", default=None,
-                     help="checkpoint database: a SQLite path or postgresql:// URL "
-                     f"(default: $DATABASE_URL or {DEFAULT_STATE})")
+    run.add_argument(
+        "--db",
+        type=Path,
+        default=Path(DEFAULT_ENTITIES),
+        help=f"entity database (default: {DEFAULT_ENTITIES})",
+    )
+    run.add_argument(
+        "--data-types",
+        nargs="+",
+        choices=DATA_TYPES,
+        default=list(DATA_TYPES),
+        metavar="TYPE",
+        help="tasks, projects, notes, timelines (default: all)",
+    )
+    run.add_argument(
+        "--extensions",
+        nargs="+",
+        default=[".md", ".txt"],
+        metavar="EXT",
+        help="file extensions to read (default: .md .txt)",
+    )
+    run.add_argument(
+        "--state",
+        default=None,
+        help="checkpoint database: a SQLite path or postgresql:// URL "
+        f"(default: $DATABASE_URL or {DEFAULT_STATE})",
+    )
     return parser
 
 
@@ -118,6 +136,7 @@ def _show_update(console: Console) -> Any:
                 message = values["messages"][-1]
                 calls = len(getattr(message, "tool_calls", []) or [])
                 console.print(f"  model turn {values.get('turns')}: {calls} tool call(s)")
+
     return show
 
 
@@ -129,6 +148,7 @@ def _show_call(console: Console) -> Any:
         label = call["args"].get("title") or call["args"].get("name") or ""
         mark = "replayed" if replayed else ("ok" if result["ok"] else "failed")
         console.print(f"    device: {call['name']} {label!r} ({mark})", style="dim")
+
     return show
 
 

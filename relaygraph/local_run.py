@@ -33,8 +33,11 @@ class LocalRun:
 def agent_key(context: AgentContext) -> str:
     """Runs of the same folders, data types and extensions share a watermark."""
     spec = "|".join(
-        [",".join(sorted(context.directory_paths)), ",".join(sorted(context.data_types)),
-         ",".join(sorted(context.file_extensions))]
+        [
+            ",".join(sorted(context.directory_paths)),
+            ",".join(sorted(context.data_types)),
+            ",".join(sorted(context.file_extensions)),
+        ]
     )
     return "local:" + hashlib.sha256(spec.encode()).hexdigest()[:16]
 

@@ -6,7 +6,7 @@ device (invariant 3); the answers resume the graph, keyed by interrupt id.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
@@ -40,7 +40,7 @@ def thread_config(thread_id: str) -> RunnableConfig:
 
 
 async def start(
-    graph: Pregel,
+    graph: Pregel[Any, Any, Any, Any],
     *,
     thread_id: str,
     graph_input: dict[str, Any],
@@ -53,7 +53,7 @@ async def start(
 
 
 async def resume(
-    graph: Pregel,
+    graph: Pregel[Any, Any, Any, Any],
     *,
     thread_id: str,
     context: Any,
@@ -90,7 +90,7 @@ async def answer_interrupts(snapshot: StateSnapshot, device: Device) -> Command 
 
 
 async def _drive(
-    graph: Pregel,
+    graph: Pregel[Any, Any, Any, Any],
     thread_id: str,
     payload: Any,
     context: Any,
@@ -99,7 +99,7 @@ async def _drive(
 ) -> dict[str, Any]:
     config = thread_config(thread_id)
     while True:
-        async for namespace, update in graph.astream(
+        async for chunk in graph.astream(
             payload,
             config,
             context=context,
@@ -108,6 +108,7 @@ async def _drive(
             subgraphs=True,
         ):
             if on_update is not None:
+                namespace, update = cast(tuple[tuple[str, ...], dict[str, Any]], chunk)
                 on_update(namespace, update)
         snapshot = await graph.aget_state(config)
         if not snapshot.next:

@@ -32,7 +32,9 @@ def config(thread_id: str) -> Any:
     return runner.thread_config(thread_id)
 
 
-async def test_interrupt_values_are_stable_across_a_restart(tmp_path: Path, workspace: Path) -> None:
+async def test_interrupt_values_are_stable_across_a_restart(
+    tmp_path: Path, workspace: Path
+) -> None:
     """Invariants 1 and 4: a node re-runs from its first line on resume and asks for the
     same calls with the same ids; a new process reading the checkpoint sees the same ids."""
     url = str(tmp_path / "state.db")
@@ -81,8 +83,11 @@ async def test_model_turn_is_checkpointed_before_the_device_sees_its_calls(
 
         recorder = RecordingDevice(device, before=check)
         values = await runner.start(
-            graph, thread_id=thread, graph_input={}, context=AgentContext(
-                directory_paths=[str(workspace)]), device=recorder,
+            graph,
+            thread_id=thread,
+            graph_input={},
+            context=AgentContext(directory_paths=[str(workspace)]),
+            device=recorder,
         )
     assert values["report"]["created"] == {"tasks": 2}
     turn_batch = recorder.batches[-1]
@@ -91,13 +96,16 @@ async def test_model_turn_is_checkpointed_before_the_device_sees_its_calls(
     assert len(model.calls) == 3 and not model.script
 
 
-async def test_resuming_an_unknown_thread_is_an_error(storage_url: str, device: LocalDevice) -> None:
+async def test_resuming_an_unknown_thread_is_an_error(
+    storage_url: str, device: LocalDevice
+) -> None:
     """Invariant 8: LangGraph would start a fresh run; the runner refuses."""
     async with open_checkpointer(storage_url) as saver:
         graph = local_agent.build(ScriptedChatModel()).copy(update={"checkpointer": saver})
         with pytest.raises(runner.UnknownThread, match="nothing to resume"):
-            await runner.resume(graph, thread_id="never-started", context=AgentContext(),
-                                device=device)
+            await runner.resume(
+                graph, thread_id="never-started", context=AgentContext(), device=device
+            )
 
 
 async def test_parallel_groups_keep_their_own_answers(
@@ -125,15 +133,23 @@ async def test_parallel_groups_keep_their_own_answers(
                     mobile_project: [str(workspace / "mobile-app" / "backlog.txt")],
                 }
             ),
-            brain, brain, brain, brain,
+            brain,
+            brain,
+            brain,
+            brain,
         ]
     )
     async with open_checkpointer(storage_url) as saver:
         graph = local_agent.build(model).copy(update={"checkpointer": saver})
-        values = await runner.start(graph, thread_id="t", graph_input={},
-                                    context=AgentContext(directory_paths=[str(workspace)],
-                                                         data_types=["tasks", "projects"]),
-                                    device=device)
+        values = await runner.start(
+            graph,
+            thread_id="t",
+            graph_input={},
+            context=AgentContext(
+                directory_paths=[str(workspace)], data_types=["tasks", "projects"]
+            ),
+            device=device,
+        )
     summaries = {o["summary"].split(":")[0]: o["summary"] for o in values["report"]["groups"]}
     assert "from inbox" in summaries["inbox"] and "from backlog" not in summaries["inbox"]
     assert "from backlog" in summaries["backlog"] and "from inbox" not in summaries["backlog"]
@@ -141,8 +157,11 @@ async def test_parallel_groups_keep_their_own_answers(
 
 @pytest.fixture
 def mobile_project(device: LocalDevice) -> str:
-    return str(device.execute_one({"id": "seed", "name": "create_project",
-                                   "args": {"name": "mobile"}})["result"]["id"])
+    return str(
+        device.execute_one({"id": "seed", "name": "create_project", "args": {"name": "mobile"}})[
+            "result"
+        ]["id"]
+    )
 
 
 async def test_runner_resumes_with_sync_durability(workspace: Path, device: LocalDevice) -> None:
@@ -158,8 +177,13 @@ async def test_runner_resumes_with_sync_durability(workspace: Path, device: Loca
             return original(*args, **kwargs)
 
         graph.astream = spy  # type: ignore[method-assign]
-        await runner.start(graph, thread_id="t", graph_input={},
-                           context=AgentContext(directory_paths=[str(workspace)]), device=device)
+        await runner.start(
+            graph,
+            thread_id="t",
+            graph_input={},
+            context=AgentContext(directory_paths=[str(workspace)]),
+            device=device,
+        )
     assert seen and set(seen) == {"sync"}
 
 
@@ -185,8 +209,9 @@ def test_path_policy_refuses_escapes_foreign_roots_and_extensions(tmp_path: Path
 def test_device_checks_paths_again(tmp_path: Path, device: LocalDevice) -> None:
     """Invariant 11, device side: a call that slipped past the server is still refused."""
     (tmp_path / "outside.md").write_text("x")
-    result = device.execute_one({"id": "x1", "name": "read_file_content",
-                                 "args": {"path": str(tmp_path / "outside.md")}})
+    result = device.execute_one(
+        {"id": "x1", "name": "read_file_content", "args": {"path": str(tmp_path / "outside.md")}}
+    )
     assert result["ok"] is False and "outside the folders" in result["error"]
 
 
@@ -199,7 +224,9 @@ def test_device_replays_a_repeated_call_id(device: LocalDevice) -> None:
     assert [t["title"] for t in device.rows("tasks")] == ["Once"]
 
 
-async def test_resume_answers_each_interrupt_by_its_id(workspace: Path, device: LocalDevice) -> None:
+async def test_resume_answers_each_interrupt_by_its_id(
+    workspace: Path, device: LocalDevice
+) -> None:
     """The resume value maps interrupt ids to {call id: result}; a missing result is an
     error the model reads, never a crash."""
     model = ScriptedChatModel(script=one_group_script(workspace))
@@ -213,8 +240,9 @@ async def test_resume_answers_each_interrupt_by_its_id(workspace: Path, device: 
             command = await runner.answer_interrupts(snapshot, device)
             await graph.ainvoke(command, cfg, context=context, durability="sync")
         [pending] = (await graph.aget_state(cfg)).interrupts
-        await graph.ainvoke(Command(resume={pending.id: {}}), cfg, context=context,
-                            durability="sync")
+        await graph.ainvoke(
+            Command(resume={pending.id: {}}), cfg, context=context, durability="sync"
+        )
         values = (await graph.aget_state(cfg)).values
     results = [m for m in model.calls[-1][0] if isinstance(m, ToolMessage)]
     assert [r.status for r in results] == ["error", "error"]

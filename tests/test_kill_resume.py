@@ -27,10 +27,26 @@ KILL_POINTS = {
 
 def agent_process(tmp: Path, workspace: Path, state: str, *hold: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.support.agent_process", "--workspace", str(workspace),
-         "--entities", str(tmp / "entities.db"), "--state", state, "--log", str(tmp / "calls.log"),
-         "--marker", str(tmp / "holding"), *hold],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.support.agent_process",
+            "--workspace",
+            str(workspace),
+            "--entities",
+            str(tmp / "entities.db"),
+            "--state",
+            state,
+            "--log",
+            str(tmp / "calls.log"),
+            "--marker",
+            str(tmp / "holding"),
+            *hold,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")},
     )
 

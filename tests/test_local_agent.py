@@ -29,8 +29,11 @@ def seed_project(device: LocalDevice) -> tuple[str, str]:
     )
     project_id = project["result"]["id"]
     task = device.execute_one(
-        {"id": "seed-t", "name": "create_task",
-         "args": {"title": "Draft the homepage wireframe", "projectId": project_id}}
+        {
+            "id": "seed-t",
+            "name": "create_task",
+            "args": {"title": "Draft the homepage wireframe", "projectId": project_id},
+        }
     )
     return project_id, task["result"]["id"]
 
@@ -45,7 +48,9 @@ def split_by_folder(project_id: str) -> Any:
     def answer(messages: list[BaseMessage], names: set[str]) -> AIMessage:
         files = [f["path"] for f in triage_payload(messages)["files"]]
         website = [f for f in files if "/website-redesign/" in f]
-        return triage_call({project_id: website, "standalone": [f for f in files if f not in website]})
+        return triage_call(
+            {project_id: website, "standalone": [f for f in files if f not in website]}
+        )
 
     return answer
 
@@ -62,8 +67,10 @@ def update_first_brain(project_id: str) -> Any:
             return tool_turn(
                 ("update_task", {"taskId": existing["id"], "state": "In Progress"}),
                 ("add_task_comment", {"taskId": existing["id"], "content": "Draft started."}),
-                ("create_timeline", {"title": "Launch", "date": "2026-03-20",
-                                     "projectId": project_id}),
+                (
+                    "create_timeline",
+                    {"title": "Launch", "date": "2026-03-20", "projectId": project_id},
+                ),
             )
         return tool_turn(
             ("create_task", {"title": "Renew the domain name"}),
@@ -117,8 +124,11 @@ async def test_device_calls_of_one_model_turn_go_out_as_one_interrupt(
         ("create_note", {"title": "Three", "content": "x"}),
     )
     model = ScriptedChatModel(
-        script=[triage_call({"standalone": [str(workspace / "inbox.md")]}), turn,
-                AIMessage(content="done")]
+        script=[
+            triage_call({"standalone": [str(workspace / "inbox.md")]}),
+            turn,
+            AIMessage(content="done"),
+        ]
     )
     recorder = RecordingDevice(device)
     context = context_for(workspace)
@@ -141,8 +151,11 @@ async def test_refused_calls_never_reach_the_device(workspace: Path, device: Loc
         ("read_file_content", {"path": str(workspace / "secret.pdf")}),
     )
     model = ScriptedChatModel(
-        script=[triage_call({"standalone": [str(workspace / "inbox.md")]}), turn,
-                AIMessage(content="done")]
+        script=[
+            triage_call({"standalone": [str(workspace / "inbox.md")]}),
+            turn,
+            AIMessage(content="done"),
+        ]
     )
     recorder = RecordingDevice(device)
     async with agent_graph("memory", model) as graph:
@@ -169,8 +182,11 @@ async def test_device_failures_come_back_as_error_messages_and_make_the_run_part
         ("create_task", {"title": "Still created"}),
     )
     model = ScriptedChatModel(
-        script=[triage_call({"standalone": [str(workspace / "inbox.md")]}), turn,
-                AIMessage(content="one failed")]
+        script=[
+            triage_call({"standalone": [str(workspace / "inbox.md")]}),
+            turn,
+            AIMessage(content="one failed"),
+        ]
     )
     async with agent_graph("memory", model) as graph:
         values = await run_agent(graph, context_for(workspace), RecordingDevice(device))
@@ -255,7 +271,9 @@ async def test_unchanged_folder_makes_no_model_call(workspace: Path, device: Loc
     model = ScriptedChatModel(script=[])  # any model call would fail the test
     recorder = RecordingDevice(device)
     async with agent_graph("memory", model) as graph:
-        values = await run_agent(graph, context_for(workspace), recorder, since="2999-01-01T00:00:00+00:00")
+        values = await run_agent(
+            graph, context_for(workspace), recorder, since="2999-01-01T00:00:00+00:00"
+        )
     report = values["report"]
     assert report["status"] == "success"
     assert report["files_scanned"] == 0 and model.calls == []

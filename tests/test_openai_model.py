@@ -25,6 +25,7 @@ from nodes.state import TriageAnswer
 from nodes.triage import TRIAGE_ATTEMPTS, TRIAGE_FAILED
 from relaygraph.local_run import LocalRun, default_context, run_local_agent
 from tests.support.fake_openai import (
+    GHOST_FILE,
     INVALID_TRIAGE,
     MALFORMED_TOOL_CALL,
     PROCESSING,
@@ -98,10 +99,14 @@ async def test_faults_are_absorbed_and_the_run_succeeds(
     assert report["status"] == "success", report["errors"]
     assert report["errors"] == []
     assert server.pending_faults() == []
-    # Triage was asked twice: the invalid answer, then the retry with the same request.
+    # Triage was asked twice: the invalid answer, then a retry that says what was wrong.
     triage = triage_requests(server)
     assert len(triage) == 2
-    assert triage[0]["messages"] == triage[1]["messages"]
+    assert triage[1]["messages"][: len(triage[0]["messages"])] == triage[0]["messages"]
+    feedback = triage[1]["messages"][-1]
+    assert feedback["role"] == "user"
+    assert "previous answer could not be used" in feedback["content"]
+    assert GHOST_FILE in feedback["content"]
     assert invalid.served_at == 1
 
     # Everything the sample holds is in the device database, once.

@@ -58,11 +58,11 @@ class PathPolicy:
             raise PolicyViolation(
                 OUTSIDE_DIRECTORIES.format(path=path, roots=", ".join(self.directories))
             )
-        if tool.path_kind == "file" and self.extensions:
-            if posixpath.splitext(path)[1].lower() not in self.extensions:
-                raise PolicyViolation(
-                    EXTENSION_NOT_ALLOWED.format(path=path, exts=", ".join(self.extensions))
-                )
+        extension = posixpath.splitext(path)[1].lower()
+        if tool.path_kind == "file" and self.extensions and extension not in self.extensions:
+            raise PolicyViolation(
+                EXTENSION_NOT_ALLOWED.format(path=path, exts=", ".join(self.extensions))
+            )
         if tool.name == "scan_directory" and self.extensions:
             asked = {normalize_extension(e) for e in args.get("extensions") or []}
             if not asked or not asked <= set(self.extensions):

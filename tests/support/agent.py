@@ -72,16 +72,20 @@ def group_payload(messages: Sequence[BaseMessage]) -> dict[str, Any]:
 def triage_call(groups: dict[str, list[str]]) -> AIMessage:
     """A structured triage answer, as a model gives it (a `TriageAnswer` tool call)."""
     args = {"groups": [{"project_id": k, "files": v} for k, v in groups.items()]}
-    return AIMessage(content="", tool_calls=[ToolCall(name="TriageAnswer", args=args,
-                                                      id=f"tri-{uuid.uuid4().hex[:6]}")])
+    return AIMessage(
+        content="",
+        tool_calls=[ToolCall(name="TriageAnswer", args=args, id=f"tri-{uuid.uuid4().hex[:6]}")],
+    )
 
 
 def tool_turn(*calls: tuple[str, dict[str, Any]]) -> AIMessage:
     """One model turn with parallel tool calls."""
     return AIMessage(
         content="",
-        tool_calls=[ToolCall(name=n, args=a, id=f"c{i}-{uuid.uuid4().hex[:6]}")
-                    for i, (n, a) in enumerate(calls)],
+        tool_calls=[
+            ToolCall(name=n, args=a, id=f"c{i}-{uuid.uuid4().hex[:6]}")
+            for i, (n, a) in enumerate(calls)
+        ],
     )
 
 

@@ -44,7 +44,9 @@ class HoldingModel(OfflineExtractor):
     marker: str = ""
     count: int = 0
 
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
+    def bind_tools(
+        self, tools: Sequence[Any], **kwargs: Any
+    ) -> Runnable[LanguageModelInput, AIMessage]:
         return super().bind_tools(tools, **kwargs)
 
     def _generate(
@@ -97,8 +99,9 @@ def main() -> None:
     local = LocalDevice([args.workspace], args.entities, on_call=record)
     device = HoldingDevice(local, args.hold_device, args.marker)
     model = HoldingModel(hold_at=args.hold_model, marker=str(args.marker))
-    context = default_context(args.workspace, ["tasks", "projects", "notes", "timelines"],
-                              [".md", ".txt"])
+    context = default_context(
+        args.workspace, ["tasks", "projects", "notes", "timelines"], [".md", ".txt"]
+    )
     outcome = asyncio.run(
         run_local_agent(context=context, state_url=args.state, model=model, device=device)
     )

@@ -47,17 +47,39 @@ class PostgresCluster:
         if self.as_root:
             shutil.chown(self.root, "postgres", "postgres")
         subprocess.run(
-            self._command(str(bindir / "initdb"), "-D", str(self.data), "-A", "trust",
-                          "-U", "postgres", "-E", "UTF8", "--no-sync"),
-            check=True, capture_output=True,
+            self._command(
+                str(bindir / "initdb"),
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ),
+            check=True,
+            capture_output=True,
         )
         self.process = subprocess.Popen(
             self._command(
-                str(bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-                "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
-                "-c", "fsync=off", "-c", "max_connections=200",
+                str(bindir / "postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={self.root}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
             ),
-            stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "wb"),  # noqa: SIM115
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.root / "server.log", "wb"),  # noqa: SIM115
         )
         deadline = time.monotonic() + 30
         while True:
