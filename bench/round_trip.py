@@ -10,8 +10,9 @@ The baseline is the same loop with nothing of relaygraph in it: a `StateGraph` o
 messages state with two nodes, `model` (appends an `AIMessage` with one tool call) and
 `tools` (one `interrupt()`, then a `ToolMessage`), seeded with copies of the two opening
 messages the processing graph holds after `gather`. Both states grow by the same two
-messages a round. Each run gets a fresh database of the backend's kind; the pair of runs is
-repeated in alternating order and the median run is reported.
+messages a round. A run drives both graphs side by side, each on a fresh database of the
+backend's kind, and interleaves their round trips (the machine may be busy with other work;
+interleaving makes both sides share its load). Runs are repeated and the median is reported.
 
     .venv/bin/python -m bench.round_trip [--rounds N] [--backends memory sqlite postgres]
 
@@ -35,7 +36,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -136,7 +137,7 @@ def device_answer(output: dict[str, Any]) -> Command:
 class Loop:
     """A compiled graph and what it takes to drive it around its device loop."""
 
-    graph: Pregel
+    graph: Pregel[Any, Any, Any, Any]
     graph_input: Any
     context: Any
     setup_resumes: int  # resumes before the loop proper (the processing graph's `gather`)
@@ -171,20 +172,19 @@ def baseline_tools(state: BaselineState) -> dict[str, Any]:
     """Send the last message's tool calls to the device as one interrupt; answer each."""
     last = state["messages"][-1]
     assert isinstance(last, AIMessage)
-    ids = {str(call["id"]): f"bench/{call['id']}" for call in last.tool_calls}
-    calls = [{"id": ids[str(c["id"])], "name": c["name"], "args": c["args"]} for c in last.tool_calls]
+    tool_calls = last.tool_calls
+    calls = [{"id": f"bench/{c['id']}", "name": c["name"], "args": c["args"]} for c in tool_calls]
     answer = interrupt({"type": "device_calls", "calls": calls})
-    return {
-        "messages": [
-            ToolMessage(
-                content=json.dumps(answer[ids[str(call["id"])]]["result"]),
-                tool_call_id=str(call["id"]),
-                name=call["name"],
-                artifact={"device_call_id": ids[str(call["id"])]},
-            )
-            for call in last.tool_calls
-        ]
-    }
+    messages = [
+        ToolMessage(
+            content=json.dumps(answer[call["id"]]["result"]),
+            tool_call_id=str(tool_call["id"]),
+            name=tool_call["name"],
+            artifact={"device_call_id": call["id"]},
+        )
+        for tool_call, call in zip(tool_calls, calls, strict=True)
+    ]
+    return {"messages": messages}
 
 
 def baseline_loop(saver: BaseCheckpointSaver, opening: Sequence[BaseMessage]) -> Loop:
@@ -199,57 +199,55 @@ def baseline_loop(saver: BaseCheckpointSaver, opening: Sequence[BaseMessage]) ->
     return Loop(graph, {"messages": list(opening)}, None, setup_resumes=0)
 
 
-async def opening_messages() -> list[BaseMessage]:
-    """Fresh copies of the processing graph's messages after `gather` (system + payload)."""
-    loop = processing_loop(InMemorySaver())
-    config = _thread()
-    output = await _invoke(loop, loop.graph_input, config)
-    await _invoke(loop, device_answer(output), config)
-    state = await loop.graph.aget_state(config)
-    return [type(m)(content=m.content) for m in state.values["messages"][:2]]
-
-
 # ── Driving and timing ─────────────────────────────────────────────────────────
 
 
-def _thread() -> RunnableConfig:
-    return {"configurable": {"thread_id": f"bench-{uuid.uuid4().hex}"}}
+class Driver:
+    """One thread of one loop: started, then resumed one device answer at a time."""
 
+    def __init__(self, loop: Loop) -> None:
+        self.loop = loop
+        self.config: RunnableConfig = {"configurable": {"thread_id": f"bench-{uuid.uuid4()}"}}
+        self.output: dict[str, Any] = {}
+        self.timings: list[float] = []
 
-async def _invoke(loop: Loop, payload: Any, config: RunnableConfig) -> dict[str, Any]:
-    output = await loop.graph.ainvoke(payload, config, context=loop.context, durability="sync")
-    assert isinstance(output, dict) and output.get("__interrupt__"), output
-    return output
+    async def start(self, warmup: int) -> None:
+        """Run to the first interrupt, past any setup, then `warmup` untimed round trips."""
+        self.output = await self._invoke(self.loop.graph_input)
+        for _ in range(self.loop.setup_resumes + warmup):
+            self.output = await self._invoke(device_answer(self.output))
 
-
-async def time_rounds(
-    loop: Loop, *, warmup: int, rounds: int, profile: cProfile.Profile | None = None
-) -> list[float]:
-    """Start a thread, warm up, then time `rounds` round trips (seconds each)."""
-    config = _thread()
-    output = await _invoke(loop, loop.graph_input, config)
-    for _ in range(loop.setup_resumes + warmup):
-        output = await _invoke(loop, device_answer(output), config)
-    gc.collect()
-    timings = []
-    if profile is not None:
-        profile.enable()
-    for _ in range(rounds):
+    async def round_trip(self) -> None:
+        """Answer the pending interrupt and run to the next one; record the time taken."""
         began = time.perf_counter()
-        output = await _invoke(loop, device_answer(output), config)
-        timings.append(time.perf_counter() - began)
-    if profile is not None:
-        profile.disable()
-    return timings
+        self.output = await self._invoke(device_answer(self.output))
+        self.timings.append(time.perf_counter() - began)
+
+    async def _invoke(self, payload: Any) -> dict[str, Any]:
+        loop = self.loop
+        output = await loop.graph.ainvoke(
+            payload, self.config, context=loop.context, durability="sync"
+        )
+        if not isinstance(output, dict) or not output.get("__interrupt__"):
+            raise RuntimeError(f"the loop stopped without a device interrupt: {output!r}")
+        return output
 
 
 def make_loop(side: Side, saver: BaseCheckpointSaver, opening: Sequence[BaseMessage]) -> Loop:
     return processing_loop(saver) if side == "relaygraph" else baseline_loop(saver, opening)
 
 
+async def opening_messages() -> list[BaseMessage]:
+    """Fresh copies of the processing graph's messages after `gather` (system + payload)."""
+    driver = Driver(processing_loop(InMemorySaver()))
+    await driver.start(warmup=0)
+    state = await driver.loop.graph.aget_state(driver.config)
+    return [type(m)(content=m.content) for m in state.values["messages"][:2]]
+
+
 @dataclass(frozen=True)
 class Run:
-    """The round-trip times of one run (one thread on one fresh database)."""
+    """The round-trip times of one side in one run (one thread on one fresh database)."""
 
     timings: list[float]
 
@@ -283,6 +281,37 @@ class BackendResult:
         return self.median_ms("relaygraph") / self.median_ms("baseline")
 
 
+async def run_pair(
+    fresh_url: Callable[[str], str],
+    opening: Sequence[BaseMessage],
+    *,
+    rounds: int,
+    warmup: int,
+    profiles: dict[Side, cProfile.Profile] | None = None,
+) -> dict[Side, Run]:
+    """Both sides side by side, each on a fresh database, their rounds interleaved.
+
+    The order goes baseline, relaygraph, relaygraph, baseline, ... so that neither side is
+    always first, and a burst of load on the machine falls on both alike.
+    """
+    async with AsyncExitStack() as stack:
+        drivers: dict[Side, Driver] = {}
+        for side in SIDES:
+            saver = await stack.enter_async_context(open_checkpointer(fresh_url(side)))
+            drivers[side] = Driver(make_loop(side, saver, opening))
+            await drivers[side].start(warmup)
+        gc.collect()
+        for index in range(rounds):
+            for side in SIDES if index % 2 == 0 else SIDES[::-1]:
+                profile = profiles[side] if profiles else None
+                if profile is not None:
+                    profile.enable()
+                await drivers[side].round_trip()
+                if profile is not None:
+                    profile.disable()
+    return {side: Run(driver.timings) for side, driver in drivers.items()}
+
+
 async def measure_backend(
     backend: Backend,
     fresh_url: Callable[[str], str],
@@ -292,14 +321,11 @@ async def measure_backend(
     warmup: int,
     repeats: int,
 ) -> BackendResult:
-    """`repeats` pairs of runs, each on a fresh database, the order alternating per pair."""
+    """`repeats` interleaved runs of both sides, each run on fresh databases."""
     result = BackendResult(backend)
     for repeat in range(repeats):
-        order = SIDES if repeat % 2 == 0 else SIDES[::-1]
-        for side in order:
-            async with open_checkpointer(fresh_url(f"{side}-{repeat}")) as saver:
-                loop = make_loop(side, saver, opening)
-                run = Run(await time_rounds(loop, warmup=warmup, rounds=rounds))
+        runs = await run_pair(fresh_url, opening, rounds=rounds, warmup=warmup)
+        for side, run in runs.items():
             result.runs[side].append(run)
             print(
                 f"  {backend:8} {side:10} run {repeat + 1}/{repeats}: "
@@ -317,13 +343,11 @@ async def profile_backend(
     rounds: int,
     warmup: int,
 ) -> None:
-    """One extra run of each side under cProfile; print the top functions of each."""
-    for side in SIDES:
-        profile = cProfile.Profile()
-        async with open_checkpointer(fresh_url(f"profile-{side}")) as saver:
-            loop = make_loop(side, saver, opening)
-            await time_rounds(loop, warmup=warmup, rounds=rounds, profile=profile)
-        print(f"\n### cProfile: {backend}, {side}, {rounds} rounds\n")
+    """One more run under cProfile (the timed round trips only); top functions per side."""
+    profiles: dict[Side, cProfile.Profile] = {side: cProfile.Profile() for side in SIDES}
+    await run_pair(fresh_url, opening, rounds=rounds, warmup=warmup, profiles=profiles)
+    for side, profile in profiles.items():
+        print(f"\n### cProfile: {backend}, {side}, {rounds} round trips\n")
         stats = pstats.Stats(profile, stream=sys.stdout)
         stats.sort_stats("cumulative").print_stats(35)
         stats.sort_stats("tottime").print_stats(20)
@@ -373,9 +397,7 @@ def markdown_table(results: Sequence[BackendResult]) -> str:
         "|---|--:|--:|--:|",
     ]
     for r in results:
-        cells = [
-            f"{r.median_ms(side):.2f} (mean {r.mean_ms(side):.2f})" for side in SIDES
-        ]
+        cells = [f"{r.median_ms(side):.2f} (mean {r.mean_ms(side):.2f})" for side in SIDES]
         lines.append(f"| {r.backend} | {cells[0]} | {cells[1]} | {r.ratio:.2f}x |")
     return "\n".join(lines)
 
@@ -408,15 +430,17 @@ def machine() -> str:
             "langchain-core",
         )
     )
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}; {packages}"
+        f"Python {platform.python_version()}; {packages}; load average at the end {load} "
+        "(other work may share the machine)"
     )
 
 
 def report_block(results: Sequence[BackendResult], args: argparse.Namespace) -> str:
     """The generated part of the docs section: command, date, machine, table, verdicts."""
-    command = shlex.join([".venv/bin/python", "-m", "bench.round_trip", *sys.argv[1:]])
+    command = shlex.join([".venv/bin/python", "-m", "bench.round_trip", *args.argv])
     postgres = (
         "`DATABASE_URL`"
         if os.environ.get("DATABASE_URL")
@@ -428,8 +452,9 @@ def report_block(results: Sequence[BackendResult], args: argparse.Namespace) -> 
             f"- Command: `{command}`",
             f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
             f"- Machine: {machine()}",
-            f"- Rounds: {args.rounds} timed per run after {args.warmup} warm-up rounds; "
-            f"{args.repeats} runs per side, alternating order; Postgres: {postgres}",
+            f"- Rounds: {args.rounds} timed round trips per side and run, after "
+            f"{args.warmup} warm-up ones; {args.repeats} runs, each on fresh databases, the "
+            f"two sides' round trips interleaved; Postgres: {postgres}",
             "",
             markdown_table(results),
             "",
@@ -478,6 +503,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--profile", action="store_true", help="then profile one more run of each side"
     )
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.rounds < 1 or args.warmup < 0 or args.repeats < 1:
         parser.error("--rounds and --repeats must be positive, --warmup not negative")
     return args

@@ -7,8 +7,16 @@ gather (one bridge call) -> call_model <-> execute_tools (one bridge call per mo
 import posixpath
 from typing import Any, Literal
 
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolCall, ToolMessage
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolCall,
+    ToolMessage,
+)
+from langchain_core.runnables import Runnable
 from langgraph.runtime import Runtime
 
 from nodes import prompts
@@ -113,22 +121,29 @@ def call_model_node(
     model: BaseChatModel,
 ) -> AgentNode[ProcessingState]:
     """The model node of the tool loop; past the budget it is asked for a final answer."""
+    bound: dict[tuple[str, ...], Runnable[LanguageModelInput, BaseMessage]] = {}
+
+    def with_tools(data_types: list[str]) -> Runnable[LanguageModelInput, BaseMessage]:
+        key = tuple(data_types)
+        if key not in bound:
+            bound[key] = model.bind_tools([t.openai_spec for t in tools_for_data_types(key)])
+        return bound[key]
 
     async def call_model(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         """One model turn: tool calls for the device, or the group's summary."""
         context = runtime.context
         turns = state.get("turns", 0)
+        response: BaseMessage
         if turns >= context.max_processing_steps:
             response = await model.ainvoke([*state["messages"], HumanMessage(prompts.FINAL_ANSWER)])
         else:
-            specs = [t.openai_spec() for t in tools_for_data_types(context.data_types)]
-            response = await model.bind_tools(specs).ainvoke(state["messages"])
+            response = await with_tools(context.data_types).ainvoke(state["messages"])
         return {"messages": [response], "turns": turns + 1}
 
     return call_model
 
 
-def route_model_output(
+async def route_model_output(
     state: ProcessingState, runtime: Runtime[AgentContext]
 ) -> Literal["execute_tools", "record_outcome"]:
     """Tool calls within the budget go to the device; anything else ends the group."""
@@ -141,7 +156,7 @@ def route_model_output(
     return "record_outcome"
 
 
-def execute_tools(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+async def execute_tools(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Run the last model turn's tool calls on the device, as one interrupt."""
     context = runtime.context
     last = state["messages"][-1]

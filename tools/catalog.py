@@ -2,6 +2,7 @@
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -32,8 +33,12 @@ class DeviceTool:
     def description(self) -> str:
         return (self.schema.__doc__ or self.name).strip()
 
+    @cached_property
     def openai_spec(self) -> dict[str, Any]:
-        """The tool as the model sees it (OpenAI function format, accepted by `bind_tools`)."""
+        """The tool as the model sees it (OpenAI function format, accepted by `bind_tools`).
+
+        Built once per tool (a schema export costs a fraction of a millisecond, and the
+        tool loop binds every tool on every turn); treat it as read-only."""
         parameters = self.schema.model_json_schema()
         parameters.pop("title", None)
         parameters.pop("description", None)
