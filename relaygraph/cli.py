@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import openai
 from rich.console import Console
 from rich.table import Table
 
@@ -24,6 +25,11 @@ DEFAULT_ENTITIES = ".relaygraph/entities.db"
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 NOT_A_FOLDER = "relaygraph: {path} is not a folder."
+MODEL_FAILED = (
+    "relaygraph: the model failed ({error}). The run is saved; run the same command again "
+    "to continue it."
+)
+INTERRUPTED = "relaygraph: interrupted. The run is saved; run the same command again to continue."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,8 +85,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    console = Console(highlight=False)
-    errors = Console(stderr=True, highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
     directory: Path = args.directory
     if not directory.is_dir():
         errors.print(NOT_A_FOLDER.format(path=directory))
@@ -108,6 +114,12 @@ def _run(args: argparse.Namespace) -> int:
     except StorageError as exc:
         errors.print(f"relaygraph: {exc}")
         return EXIT_BAD_INPUT
+    except openai.APIError as exc:
+        errors.print(MODEL_FAILED.format(error=exc))
+        return EXIT_RUN_FAILED
+    except KeyboardInterrupt:
+        errors.print(INTERRUPTED)
+        return EXIT_RUN_FAILED
     finally:
         device.close()
     if outcome.resumed:

@@ -119,6 +119,26 @@ def test_model_that_answers_garbage_fails_the_run_clearly(tmp_path: Path, worksp
     assert "Traceback" not in result.stderr + result.stdout
 
 
+@pytest.mark.slow
+def test_unreachable_model_fails_clearly_and_the_run_continues_later(
+    tmp_path: Path, workspace: Path
+) -> None:
+    from tests.support.fake_openai import FakeOpenAI
+
+    down = {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_API_KEY": "test"}
+    result = relaygraph(tmp_path, "run", str(workspace), "--db", "e.db", env=down)
+    assert result.returncode == 1
+    assert "the model failed" in result.stderr and "run the same command again" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+    with FakeOpenAI() as server:
+        up = {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "test"}
+        again = relaygraph(tmp_path, "run", str(workspace), "--db", "e.db", env=up)
+    assert again.returncode == 0, again.stderr
+    assert "continued the interrupted run" in again.stdout
+    assert "│ total     │      17 │" in again.stdout
+
+
 def test_help_lists_the_run_command() -> None:
     result = subprocess.run([str(RELAYGRAPH), "--help"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and "run" in result.stdout
