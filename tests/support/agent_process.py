@@ -20,10 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult
-from langchain_core.runnables import Runnable
 
 from device import LocalDevice
 from llm.offline import OfflineExtractor
@@ -43,11 +41,6 @@ class HoldingModel(OfflineExtractor):
     hold_at: int = 0
     marker: str = ""
     count: int = 0
-
-    def bind_tools(
-        self, tools: Sequence[Any], **kwargs: Any
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        return super().bind_tools(tools, **kwargs)
 
     def _generate(
         self,
