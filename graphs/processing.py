@@ -12,14 +12,18 @@ from langgraph.graph.state import CompiledStateGraph
 from llm import load_chat_model
 from nodes.context import AgentContext
 from nodes.processing import (
-    call_model_node,
-    execute_tools,
     gather,
     record_outcome,
     route_gathered,
     route_model_output,
 )
 from nodes.state import ProcessingInput, ProcessingOutput, ProcessingState
+from nodes.tool_loop import call_model_node, execute_tools
+
+
+def _budget(context: AgentContext) -> int:
+    return context.max_processing_steps
+
 
 ProcessingGraph = CompiledStateGraph[
     ProcessingState, AgentContext, ProcessingInput, ProcessingOutput
@@ -37,7 +41,8 @@ def build(
         output_schema=ProcessingOutput,
     )
     builder.add_node(gather)
-    builder.add_node("call_model", call_model_node(model or load_chat_model().model))
+    model = model or load_chat_model().model
+    builder.add_node("call_model", call_model_node(model, budget=_budget))
     builder.add_node(execute_tools)
     builder.add_node(record_outcome)
     builder.add_edge(START, "gather")

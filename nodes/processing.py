@@ -7,35 +7,27 @@ gather (one bridge call) -> call_model <-> execute_tools (one bridge call per mo
 import posixpath
 from typing import Any, Literal
 
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
-    BaseMessage,
-    HumanMessage,
     SystemMessage,
-    ToolCall,
     ToolMessage,
 )
-from langchain_core.runnables import Runnable
 from langgraph.runtime import Runtime
 
 from nodes import prompts
 from nodes.bridge import (
     DeviceCall,
-    PreparedCalls,
     ask_device,
     call_id,
-    prepare_calls,
-    tool_messages,
 )
-from nodes.context import AgentContext, AgentNode
+from nodes.context import AgentContext
 from nodes.payloads import GROUP_KIND, payload_message
 from nodes.state import STANDALONE, GroupOutcome, ProcessingState
-from tools.catalog import DEVICE_TOOLS, LIST_TOOL_BY_DATA_TYPE, tools_for_data_types
+from nodes.tool_loop import wants_device
+from tools.catalog import DEVICE_TOOLS, LIST_TOOL_BY_DATA_TYPE
 
 UNREADABLE = "{path}: could not be read ({error})"
 LIST_FAILED = "Could not list the existing {data_type}: {error}"
-INVALID_JSON = "The arguments of {name} are not valid JSON: {error}"
 BUDGET_USED = "Group {key}: the budget of {steps} model turns was used up before it finished."
 
 
@@ -95,6 +87,7 @@ def gather(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, 
     payload = {"kind": GROUP_KIND, "project_id": group["key"], "files": files, "existing": existing}
     return {
         "messages": [SystemMessage(system), payload_message(prompts.PROCESSING_REQUEST, payload)],
+        "scope": f"g{state['group_index']}",
         "turns": 0,
         "files_read": len(files),
         "errors": errors,
@@ -117,74 +110,13 @@ def route_gathered(state: ProcessingState) -> Literal["call_model", "record_outc
     return "call_model" if state.get("files_read") else "record_outcome"
 
 
-def call_model_node(
-    model: BaseChatModel,
-) -> AgentNode[ProcessingState]:
-    """The model node of the tool loop; past the budget it is asked for a final answer."""
-    bound: dict[tuple[str, ...], Runnable[LanguageModelInput, BaseMessage]] = {}
-
-    def with_tools(data_types: list[str]) -> Runnable[LanguageModelInput, BaseMessage]:
-        key = tuple(data_types)
-        if key not in bound:
-            bound[key] = model.bind_tools([t.openai_spec for t in tools_for_data_types(key)])
-        return bound[key]
-
-    async def call_model(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-        """One model turn: tool calls for the device, or the group's summary."""
-        context = runtime.context
-        turns = state.get("turns", 0)
-        response: BaseMessage
-        if turns >= context.max_processing_steps:
-            response = await model.ainvoke([*state["messages"], HumanMessage(prompts.FINAL_ANSWER)])
-        else:
-            response = await with_tools(context.data_types).ainvoke(state["messages"])
-        return {"messages": [response], "turns": turns + 1}
-
-    return call_model
-
-
 async def route_model_output(
     state: ProcessingState, runtime: Runtime[AgentContext]
 ) -> Literal["execute_tools", "record_outcome"]:
     """Tool calls within the budget go to the device; anything else ends the group."""
-    last = state["messages"][-1]
-    if not isinstance(last, AIMessage):
-        raise TypeError(f"route_model_output expects an AIMessage, got {type(last).__name__}")
-    wants_tools = bool(last.tool_calls or last.invalid_tool_calls)
-    if wants_tools and state.get("turns", 0) <= runtime.context.max_processing_steps:
+    if wants_device(state, runtime.context.max_processing_steps):
         return "execute_tools"
     return "record_outcome"
-
-
-async def execute_tools(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """Run the last model turn's tool calls on the device, as one interrupt."""
-    context = runtime.context
-    last = state["messages"][-1]
-    assert isinstance(last, AIMessage)
-    prepared = prepare_calls(
-        last.tool_calls,
-        allowed=tools_for_data_types(context.data_types),
-        policy=context.policy(),
-        run_key=state["run_key"],
-        scope=f"g{state['group_index']}.t{state.get('turns', 0)}",
-        comment_author=context.comment_author,
-    )
-    malformed = _malformed_calls(last, prepared)
-
-    results = ask_device(prepared.device_calls)
-
-    return {"messages": tool_messages([*last.tool_calls, *malformed], prepared, results)}
-
-
-def _malformed_calls(last: AIMessage, prepared: PreparedCalls) -> list[ToolCall]:
-    """Calls whose arguments were not JSON: refused, but answered, as the API requires."""
-    calls = []
-    for index, bad in enumerate(last.invalid_tool_calls):
-        local_id = bad.get("id") or f"invalid{index}"
-        name = bad.get("name") or "unknown"
-        prepared.refused[local_id] = INVALID_JSON.format(name=name, error=bad.get("error") or "")
-        calls.append(ToolCall(name=name, args={}, id=local_id))
-    return calls
 
 
 def record_outcome(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

@@ -118,6 +118,7 @@ class ProcessingInput(TypedDict):
 class ProcessingState(ProcessingInput, total=False):
     """The tool loop over one group."""
 
+    scope: str
     messages: Annotated[list[AnyMessage], add_messages]
     turns: int
     files_read: int
