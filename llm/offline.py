@@ -3,6 +3,7 @@
 - triage: a file goes to the existing project named like its top folder, else `standalone`;
 - processing: checklists and TODO lines become tasks, lines with an ISO date become
   timeline entries, headed sections become notes, top folders become projects;
+- planning (agentic loop): one step per line, or per `;` / "then" clause, of the task;
 - update-first: an existing record with the same title is updated when it differs and left
   alone when it does not, so a second pass over the same files changes nothing.
 
@@ -32,6 +33,7 @@ _CHECKBOX = re.compile(r"^\s*[-*+]\s+\[([ xX/~-])\]\s+(?P<title>.+?)\s*$")
 _TODO = re.compile(r"^\s*(?:[-*+]\s+)?(?P<tag>TODO|FIXME|DOING|DONE)\b[:\s-]*(?P<title>.+?)\s*$")
 _DATE = re.compile(r"\b(?P<date>\d{4}-\d{2}-\d{2})\b")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(?P<title>.+?)\s*#*\s*$")
+_CLAUSES = re.compile(r";|,?\s+then\s+", re.IGNORECASE)
 _BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 
 _CHECKBOX_STATE = {
@@ -113,6 +115,8 @@ def answer(messages: Sequence[BaseMessage], tool_names: set[str]) -> AIMessage:
     """The offline answer to a conversation, given the names of the tools it may call."""
     if "TriageAnswer" in tool_names and (triage := find_payload(messages, TRIAGE_KIND)):
         return _triage_answer(triage)
+    if "Plan" in tool_names:
+        return _plan_answer(messages)
     group = find_payload(messages, GROUP_KIND)
     if group is None or not tool_names:
         return AIMessage(content=f"{OFFLINE_NOTICE}: nothing more to do.")
@@ -129,6 +133,17 @@ def _triage_answer(payload: dict[str, Any]) -> AIMessage:
     return AIMessage(
         content="", tool_calls=[ToolCall(name="TriageAnswer", args=args, id="offline-triage")]
     )
+
+
+def _plan_answer(messages: Sequence[BaseMessage]) -> AIMessage:
+    """One step per line of the task, or per `;` / "then" clause of a one-line task."""
+    task = next((m.text for m in reversed(messages) if m.type == "human"), "")
+    task = task.removeprefix("Task:").strip()
+    lines = [line.strip(" -*\t") for line in task.splitlines() if line.strip(" -*\t")]
+    if len(lines) == 1:
+        lines = [p.strip() for p in _CLAUSES.split(lines[0]) if p.strip()]
+    call = ToolCall(name="Plan", args={"steps": lines}, id="offline-plan")
+    return AIMessage(content="", tool_calls=[call])
 
 
 def _top_folder(path: str, root: str) -> str:

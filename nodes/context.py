@@ -36,6 +36,9 @@ class AgentContext:
     max_processing_steps: int = field(
         default=6, metadata={"description": "Model turns with tools per group, then a summary."}
     )
+    max_step_turns: int = field(
+        default=4, metadata={"description": "Agentic loop: model turns with tools per step."}
+    )
     triage_chunk_size: int = field(
         default=150, metadata={"description": "Manifest entries per triage model call."}
     )

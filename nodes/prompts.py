@@ -39,6 +39,36 @@ STANDALONE_CONTEXT = (
 
 PROCESSING_REQUEST = "The files and the existing records follow as JSON."
 
+PLAN_SYSTEM = """\
+You plan work for a freelancer's assistant that acts on their computer and their
+project-management app. Break the task into at most {max_steps} concrete steps, in order,
+each one a single instruction that can be carried out with the available tools.
+Answer only by calling {tool_name}.
+{user_instructions}"""
+
+PLAN_REQUEST = "Task: {task}"
+
+STEP_SYSTEM = """\
+You carry out one step of a larger task for a freelancer, using the tools (they run on the
+user's computer and in their project-management app). Do only this step. When it is done,
+or cannot be done, call {verdict_tool} with whether it succeeded and what you did.
+{user_instructions}"""
+
+STEP_REQUEST = """\
+Task: {task}
+Step {number} of {total}: {step}
+Results of the previous steps:
+{recent}"""
+
+NO_RECENT_RESULTS = "(this is the first step)"
+
+ADAPT_REQUEST = """\
+Task: {task}
+Step {number} of {total} failed: {step}
+The error was: {error}
+Find an alternative approach to reach this step's goal and carry it out now. When it is
+done, or cannot be done, call {verdict_tool}."""
+
 FINAL_ANSWER = """\
 The step budget for this group is used up. Call no more tools: summarise what was created
 and updated, and what is left undone."""

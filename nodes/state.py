@@ -130,3 +130,83 @@ class ProcessingOutput(TypedDict):
     """Only the outcome flows back, so parallel groups never write the same key."""
 
     outcomes: Annotated[list[GroupOutcome], operator.add]
+
+
+# ── Agentic loop ──────────────────────────────────────────────────────────────
+
+DEFAULT_MAX_STEPS = 10
+StepStatus = Literal["completed", "adapted", "failed"]
+LoopStatus = Literal["completed", "partial", "failed"]
+
+
+class Plan(BaseModel):
+    """The task broken into steps, in the order to carry them out."""
+
+    steps: list[str] = Field(description="Each step one concrete instruction.")
+
+
+class StepVerdict(BaseModel):
+    """How the step went: call this once the step is done or cannot be done."""
+
+    success: bool = Field(description="Whether the step reached its goal.")
+    result: str = Field(description="What was done, in a sentence or two.")
+    error: str = Field(default="", description="Why it failed, when it did.")
+
+
+class StepRecord(TypedDict):
+    """One finished step of the plan."""
+
+    number: int
+    description: str
+    status: StepStatus
+    result: str
+    error: str | None
+    duration_ms: int
+
+
+class LoopOutcome(TypedDict):
+    """The end of an agentic loop run."""
+
+    status: LoopStatus
+    summary: str
+    total: int
+    completed: int
+    adapted: int
+    failed: int
+    truncated: bool
+    error: str | None
+    steps: list[StepRecord]
+    duration_ms: int
+
+
+class AgenticInput(TypedDict, total=False):
+    """A task and how many steps it may take (default 10)."""
+
+    task: str
+    max_steps: int
+
+
+class AgenticState(AgenticInput, total=False):
+    """Plan, progress through it, and the tool loop of the step under way."""
+
+    run_key: str
+    started_at: str
+    plan: list[str]
+    truncated: bool
+    plan_error: str | None
+    current: int  # index of the step under way
+    steps: Annotated[list[StepRecord], operator.add]
+    attempt: Literal["execute", "adapt"]
+    step_started: str
+    step_error: str | None  # why the first attempt failed, while it is being adapted
+    scope: str
+    messages: Annotated[list[AnyMessage], add_messages]
+    turns: int
+    failure: str | None
+    outcome: LoopOutcome
+
+
+class AgenticOutput(TypedDict):
+    """What a finished loop returns."""
+
+    outcome: LoopOutcome

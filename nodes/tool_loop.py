@@ -35,13 +35,19 @@ class ToolLoopState(TypedDict, total=False):
     scope: str
     messages: Annotated[list[AnyMessage], add_messages]
     turns: int
+    failure: str | None
 
 
 def call_model_node(
-    model: BaseChatModel, *, budget: Budget, finish_tools: Sequence[type[BaseModel]] = ()
+    model: BaseChatModel,
+    *,
+    budget: Budget,
+    finish_tools: Sequence[type[BaseModel]] = (),
+    recoverable: tuple[type[Exception], ...] = (),
 ) -> AgentNode[Any]:
     """The model node of a tool loop. `finish_tools` are schemas the model calls to end the
-    loop with a structured answer; they are never sent to a device."""
+    loop with a structured answer; they are never sent to a device. A `recoverable`
+    exception from the model is recorded as the loop's `failure` instead of failing the run."""
     bound: dict[tuple[str, ...], Runnable[LanguageModelInput, BaseMessage]] = {}
 
     def with_tools(data_types: list[str]) -> Runnable[LanguageModelInput, BaseMessage]:
@@ -56,10 +62,13 @@ def call_model_node(
         turns = state.get("turns", 0)
         messages = state.get("messages", [])
         response: BaseMessage
-        if turns >= budget(runtime.context):
-            response = await model.ainvoke([*messages, HumanMessage(prompts.FINAL_ANSWER)])
-        else:
-            response = await with_tools(runtime.context.data_types).ainvoke(messages)
+        try:
+            if turns >= budget(runtime.context):
+                response = await model.ainvoke([*messages, HumanMessage(prompts.FINAL_ANSWER)])
+            else:
+                response = await with_tools(runtime.context.data_types).ainvoke(messages)
+        except recoverable as exc:
+            return {"failure": f"{type(exc).__name__}: {exc}", "turns": turns + 1}
         return {"messages": [response], "turns": turns + 1}
 
     return call_model
