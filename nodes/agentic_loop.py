@@ -40,6 +40,7 @@ EMPTY_TASK = "The task is empty."
 BAD_MAX_STEPS = "max_steps must be at least 1, got {value}."
 INVALID_PLAN = "The model gave no usable plan: {error}"
 EMPTY_PLAN = "The model's plan has no steps."
+NO_PLAN_CALL = "the answer did not call {tool}"
 BUDGET_USED = "The step was not finished within {turns} model turns."
 SUMMARY = "Completed {completed}/{total} steps, {adapted} adapted, {failed} failed"
 RESULT_PREVIEW = 300
@@ -79,7 +80,10 @@ def plan_node(model: BaseChatModel) -> AgentNode[AgenticState]:
             answer = await planner.ainvoke([SystemMessage(system), HumanMessage(request)])
         except (OutputParserException, ValidationError) as exc:
             return {**started, "plan_error": INVALID_PLAN.format(error=exc), "plan": []}
-        steps = [s.strip() for s in answer.steps if s.strip()] if isinstance(answer, Plan) else []
+        if not isinstance(answer, Plan):
+            error = INVALID_PLAN.format(error=NO_PLAN_CALL.format(tool=Plan.__name__))
+            return {**started, "plan_error": error, "plan": []}
+        steps = [s.strip() for s in answer.steps if s.strip()]
         if not steps:
             return {**started, "plan_error": EMPTY_PLAN, "plan": []}
         truncated = len(steps) > max_steps

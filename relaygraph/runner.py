@@ -19,6 +19,7 @@ NOT_A_DEVICE_CALL = "The run is waiting for something other than a device call: 
 RECURSION_LIMIT = 200
 
 Update = Callable[[tuple[str, ...], dict[str, Any]], None]
+Progress = Callable[[dict[str, Any]], None]
 
 
 class Device(Protocol):
@@ -47,9 +48,11 @@ async def start(
     context: Any,
     device: Device,
     on_update: Update | None = None,
+    on_progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run a new thread to its end; returns the final state values."""
-    return await _drive(graph, thread_id, graph_input, context, device, on_update)
+    """Run a new thread to its end; returns the final state values. `on_update` sees each
+    node's update, `on_progress` each event of the graphs' custom stream."""
+    return await _drive(graph, thread_id, graph_input, context, device, on_update, on_progress)
 
 
 async def resume(
@@ -59,6 +62,7 @@ async def resume(
     context: Any,
     device: Device,
     on_update: Update | None = None,
+    on_progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Continue a stored thread from its last checkpoint: redeliver pending calls, or
     re-run the step that was under way when the process died."""
@@ -68,7 +72,7 @@ async def resume(
     if not snapshot.next:
         return dict(snapshot.values)
     payload = await answer_interrupts(snapshot, device)
-    return await _drive(graph, thread_id, payload, context, device, on_update)
+    return await _drive(graph, thread_id, payload, context, device, on_update, on_progress)
 
 
 async def answer_interrupts(snapshot: StateSnapshot, device: Device) -> Command | None:
@@ -96,6 +100,7 @@ async def _drive(
     context: Any,
     device: Device,
     on_update: Update | None,
+    on_progress: Progress | None,
 ) -> dict[str, Any]:
     config = thread_config(thread_id)
     while True:
@@ -104,12 +109,14 @@ async def _drive(
             config,
             context=context,
             durability="sync",
-            stream_mode="updates",
+            stream_mode=["updates", "custom"],
             subgraphs=True,
         ):
-            if on_update is not None:
-                namespace, update = cast(tuple[tuple[str, ...], dict[str, Any]], chunk)
-                on_update(namespace, update)
+            namespace, mode, data = cast(tuple[tuple[str, ...], str, dict[str, Any]], chunk)
+            if mode == "updates" and on_update is not None:
+                on_update(namespace, data)
+            elif mode == "custom" and on_progress is not None:
+                on_progress(data)
         snapshot = await graph.aget_state(config)
         if not snapshot.next:
             return dict(snapshot.values)

@@ -53,6 +53,25 @@ GRAPH_NODES = {
     "local_agent": {"begin", "triage", "processing", "finalize"},
     "triage": {"scan_device", "group_files"},
     "processing": {"gather", "call_model", "execute_tools", "record_outcome"},
+    "agentic_loop": {
+        "plan",
+        "start_step",
+        "call_model",
+        "execute_tools",
+        "finish_step",
+        "adapt",
+        "summarize",
+    },
+}
+#: The agentic loop's routers, as Studio draws them: conditional edges (source, target).
+AGENTIC_CONDITIONAL_EDGES = {
+    ("plan", "start_step"),
+    ("plan", "summarize"),
+    ("call_model", "execute_tools"),
+    ("call_model", "finish_step"),
+    ("finish_step", "adapt"),
+    ("finish_step", "start_step"),
+    ("finish_step", "summarize"),
 }
 LOCAL_AGENT_XRAY_NODES = {
     "begin",
@@ -270,6 +289,15 @@ async def test_studio_draws_every_graph(client: LangGraphClient) -> None:
         assert expected <= await node_names(client, assistants[graph_id]), graph_id
     xray = await node_names(client, assistants["local_agent"], xray=True)
     assert xray >= LOCAL_AGENT_XRAY_NODES
+
+
+async def test_studio_draws_the_agentic_loop_with_its_conditional_edges(
+    client: LangGraphClient,
+) -> None:
+    assistants = await assistants_by_graph(client)
+    drawing = await bounded(client.assistants.get_graph(assistants["agentic_loop"]))
+    conditional = {(e["source"], e["target"]) for e in drawing["edges"] if e.get("conditional")}
+    assert conditional == AGENTIC_CONDITIONAL_EDGES
 
 
 async def test_local_agent_runs_against_a_device(
