@@ -86,6 +86,8 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
         conn = await aiosqlite.connect(path)
         saver_sqlite = AsyncSqliteSaver(conn)
         try:
+            await conn.execute("PRAGMA busy_timeout = 10000")
+            await conn.execute("PRAGMA journal_mode = WAL")
             await saver_sqlite.setup()
         except sqlite3.DatabaseError as exc:
             await conn.close()

@@ -5,6 +5,7 @@ SQL lives in module constants; `MIGRATIONS[i]` brings the schema to version `i +
 pattern). The same SQL runs on SQLite and Postgres (`?` becomes `%s` for psycopg).
 """
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -32,7 +33,88 @@ MIGRATIONS: Sequence[str] = (
         agent_key TEXT PRIMARY KEY,
         modified_since TEXT NOT NULL
     )""",
+    # ── server: users, keys, devices ──
+    """CREATE TABLE IF NOT EXISTS api_keys (
+        key_hash TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS devices (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (user_id, device_id)
+    )""",
+    # ── server: assistants, threads, runs ──
+    """CREATE TABLE IF NOT EXISTS assistants (
+        assistant_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        graph_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT,
+        config TEXT NOT NULL,
+        context TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS assistants_user ON assistants (user_id, graph_id)",
+    """CREATE TABLE IF NOT EXISTS threads (
+        thread_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS threads_user ON threads (user_id, updated_at)",
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        thread_id TEXT NOT NULL,
+        assistant_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        kwargs TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        device_id TEXT,
+        error TEXT,
+        counts TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS runs_thread ON runs (thread_id, created_at)",
+    "CREATE INDEX IF NOT EXISTS runs_status ON runs (status)",
+    # ── server: the device bridge's outbox and durable inbox ──
+    """CREATE TABLE IF NOT EXISTS device_calls (
+        call_id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        thread_id TEXT NOT NULL,
+        interrupt_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        device_id TEXT,
+        name TEXT NOT NULL,
+        args TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS device_calls_device ON device_calls (user_id, device_id, done)",
+    "CREATE INDEX IF NOT EXISTS device_calls_run ON device_calls (run_id, done)",
+    """CREATE TABLE IF NOT EXISTS device_inbox (
+        call_id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        payload TEXT NOT NULL,
+        received_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS device_inbox_run ON device_inbox (run_id)",
 )
+
+SQLITE_BUSY_MS = 10_000
 
 CREATE_VERSIONS = "CREATE TABLE IF NOT EXISTS relaygraph_migrations (v INTEGER PRIMARY KEY)"
 SELECT_VERSION = "SELECT max(v) AS v FROM relaygraph_migrations"
@@ -55,27 +137,49 @@ UPSERT_WATERMARK = (
 )
 
 
-class _Database(Protocol):
+class Database(Protocol):
+    """The two operations the stores need: read rows, and run statements in one transaction."""
+
+    kind: str
+
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]: ...
-    async def execute(self, *statements: tuple[str, Sequence[Any]]) -> None: ...
+    async def execute(self, *statements: tuple[str, Sequence[Any]]) -> int: ...
 
 
-class _Sqlite:
+class SqliteDatabase:
+    """One aiosqlite connection; a lock keeps each transaction whole among coroutines."""
+
+    kind = "sqlite"
+
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn
+        self.lock = asyncio.Lock()
 
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
-        async with self.conn.execute(sql, params) as cursor:
+        async with self.lock, self.conn.execute(sql, params) as cursor:
             names = [c[0] for c in cursor.description or []]
             return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
 
-    async def execute(self, *statements: tuple[str, Sequence[Any]]) -> None:
-        for sql, params in statements:
-            await self.conn.execute(sql, params)
-        await self.conn.commit()
+    async def execute(self, *statements: tuple[str, Sequence[Any]]) -> int:
+        """Run the statements in one transaction; the number of rows the last one changed."""
+        changed = 0
+        async with self.lock:
+            try:
+                for sql, params in statements:
+                    cursor = await self.conn.execute(sql, params)
+                    changed = cursor.rowcount
+                await self.conn.commit()
+            except BaseException:
+                await self.conn.rollback()
+                raise
+        return changed
 
 
-class _Postgres:
+class PostgresDatabase:
+    """A psycopg pool; `?` placeholders become `%s`."""
+
+    kind = "postgres"
+
     def __init__(self, pool: AsyncConnectionPool[AsyncConnection[DictRow]]) -> None:
         self.pool = pool
 
@@ -84,25 +188,21 @@ class _Postgres:
             cursor = await conn.execute(sql.replace("?", "%s"), params)
             return cast(list[dict[str, Any]], await cursor.fetchall())
 
-    async def execute(self, *statements: tuple[str, Sequence[Any]]) -> None:
+    async def execute(self, *statements: tuple[str, Sequence[Any]]) -> int:
+        """Run the statements in one transaction; the number of rows the last one changed."""
+        changed = 0
         async with self.pool.connection() as conn, conn.transaction():
             for sql, params in statements:
-                await conn.execute(sql.replace("?", "%s"), params)
+                cursor = await conn.execute(sql.replace("?", "%s"), params)
+                changed = cursor.rowcount
+        return changed
 
 
 class AppStore:
     """Run records and watermarks of the agents this process runs."""
 
-    def __init__(self, db: _Database) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-
-    async def setup(self) -> None:
-        """Apply the migrations this database has not seen yet."""
-        await self.db.execute((CREATE_VERSIONS, ()))
-        rows = await self.db.fetch(SELECT_VERSION)
-        version = (rows[0]["v"] or 0) if rows else 0
-        for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
-            await self.db.execute((sql, ()), (INSERT_VERSION, (number,)))
 
     async def unfinished_run(self, agent_key: str) -> str | None:
         """The thread of this agent's run that never finished (killed, crashed), if any."""
@@ -127,21 +227,40 @@ class AppStore:
         return str(rows[0]["modified_since"]) if rows else None
 
 
+async def migrate(db: Database) -> None:
+    """Apply the migrations this database has not seen yet (idempotent)."""
+    await db.execute((CREATE_VERSIONS, ()))
+    rows = await db.fetch(SELECT_VERSION)
+    version = (rows[0]["v"] or 0) if rows else 0
+    for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+        await db.execute((sql, ()), (INSERT_VERSION, (number,)))
+
+
 @asynccontextmanager
-async def open_store(url: str) -> AsyncIterator[AppStore]:
-    """The application store in the database `url` names (memory: a private SQLite)."""
+async def open_database(url: str, *, pool_size: int = 4) -> AsyncIterator[Database]:
+    """The application database `url` names (memory: a private SQLite), migrated."""
     kind = storage_kind(url)
     if kind == "postgres":
-        async with postgres_pool(url, max_size=2) as pool:
-            store = AppStore(_Postgres(pool))
-            await store.setup()
-            yield store
+        async with postgres_pool(url, max_size=pool_size) as pool:
+            postgres = PostgresDatabase(pool)
+            await migrate(postgres)
+            yield postgres
         return
     path = ":memory:" if kind == "memory" else str(sqlite_path(url))
     async with aiosqlite.connect(path) as conn:
-        store = AppStore(_Sqlite(conn))
-        await store.setup()
-        yield store
+        await conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
+        if kind == "sqlite":
+            await conn.execute("PRAGMA journal_mode = WAL")
+        sqlite = SqliteDatabase(conn)
+        await migrate(sqlite)
+        yield sqlite
+
+
+@asynccontextmanager
+async def open_store(url: str) -> AsyncIterator[AppStore]:
+    """The application store of `relaygraph run` in the database `url` names."""
+    async with open_database(url, pool_size=2) as db:
+        yield AppStore(db)
 
 
 def _now() -> str:

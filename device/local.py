@@ -48,6 +48,8 @@ ENTITY_TABLES = ("projects", "tasks", "notes", "timelines")
 NOT_A_DATABASE = "{path} is not a relaygraph entity database ({error})."
 OUTSIDE_ROOTS = "{path} is outside the folders this device shares."
 NOT_FOUND = "{kind} {id} does not exist."
+UNKNOWN_FIELDS = "{kind} have no fields named {fields}."
+BAD_TIME = "modified_since is not an ISO 8601 time: {value!r}"
 
 
 class DeviceDatabaseError(RuntimeError):
@@ -100,14 +102,15 @@ class LocalDevice:
 
     def execute_one(self, call: DeviceCall) -> DeviceResult:
         """Run one call once: replay the stored result of a call id seen before."""
+        self._db.execute("BEGIN IMMEDIATE")  # the replay check and the effect: one transaction
         stored = self._db.execute(
             "SELECT ok, payload FROM device_calls WHERE id = ?", (call["id"],)
         ).fetchone()
         if stored is not None:
+            self._db.execute("ROLLBACK")
             result = _result(bool(stored["ok"]), json.loads(stored["payload"]))
             self._notify(call, result, replayed=True)
             return result
-        self._db.execute("BEGIN IMMEDIATE")
         try:
             try:
                 result = DeviceResult(ok=True, result=self._run(call["name"], call["args"]))
@@ -190,7 +193,10 @@ class LocalDevice:
         if not folder.is_dir():
             raise ToolFailed(f"{path} is not a folder on this device.")
         wanted = {normalize_extension(e) for e in extensions or []}
-        since = datetime.fromisoformat(modified_since).timestamp() if modified_since else None
+        try:
+            since = datetime.fromisoformat(modified_since).timestamp() if modified_since else None
+        except ValueError as exc:
+            raise ToolFailed(BAD_TIME.format(value=modified_since)) from exc
         files = []
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -219,7 +225,15 @@ class LocalDevice:
             sql += " WHERE " + " AND ".join(clauses)
         return [_row(r) for r in self._db.execute(sql + " ORDER BY createdAt, id", params)]
 
+    def _columns(self, table: str, values: dict[str, Any]) -> None:
+        """Argument names become column names: only the table's own are accepted."""
+        known = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ToolFailed(UNKNOWN_FIELDS.format(kind=table, fields=", ".join(unknown)))
+
     def _insert(self, table: str, values: dict[str, Any]) -> dict[str, Any]:
+        self._columns(table, values)
         now = _now()
         row = {"id": uuid.uuid4().hex, **values, "createdAt": now}
         if table != "task_comments":
@@ -233,6 +247,7 @@ class LocalDevice:
         return self._get(table, row["id"])
 
     def _update(self, table: str, row_id: str, values: dict[str, Any]) -> dict[str, Any]:
+        self._columns(table, values)
         self._get(table, row_id)
         values = {k: json.dumps(v) if isinstance(v, list) else v for k, v in values.items()}
         values["updatedAt"] = _now()

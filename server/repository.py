@@ -1,0 +1,590 @@
+"""The server's rows: keys, devices, assistants, threads, runs, and the device outbox/inbox.
+
+SQL is kept in module constants; the same statements run on SQLite and Postgres. JSON
+columns are text. Every read of a user's resource is filtered by `user_id`: another user's
+ids simply do not exist (the API answers 404).
+"""
+
+import hashlib
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from checkpoints import Database
+from device.protocol import make_device_token
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _loads(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+# ── Keys and devices ──────────────────────────────────────────────────────────
+
+INSERT_KEY = "INSERT INTO api_keys (key_hash, user_id, created_at) VALUES (?, ?, ?)"
+SELECT_KEY = "SELECT user_id FROM api_keys WHERE key_hash = ?"
+UPSERT_DEVICE = (
+    "INSERT INTO devices (user_id, device_id, token_hash, created_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (user_id, device_id) DO UPDATE SET token_hash = excluded.token_hash"
+)
+SELECT_DEVICE = "SELECT user_id, device_id FROM devices WHERE token_hash = ?"
+
+# ── Assistants ────────────────────────────────────────────────────────────────
+
+ASSISTANT_COLUMNS = (
+    "assistant_id, user_id, graph_id, name, description, config, context, metadata, version, "
+    "created_at, updated_at"
+)
+INSERT_ASSISTANT = (
+    f"INSERT INTO assistants ({ASSISTANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (assistant_id) DO NOTHING"
+)
+SELECT_ASSISTANT = (
+    f"SELECT {ASSISTANT_COLUMNS} FROM assistants WHERE assistant_id = ? AND user_id = ?"
+)
+UPDATE_ASSISTANT = (
+    "UPDATE assistants SET graph_id = ?, name = ?, description = ?, config = ?, context = ?, "
+    "metadata = ?, version = version + 1, updated_at = ? WHERE assistant_id = ? AND user_id = ?"
+)
+DELETE_ASSISTANT = "DELETE FROM assistants WHERE assistant_id = ? AND user_id = ?"
+SEARCH_ASSISTANTS = f"SELECT {ASSISTANT_COLUMNS} FROM assistants WHERE user_id = ?"
+
+# ── Threads ───────────────────────────────────────────────────────────────────
+
+THREAD_COLUMNS = "thread_id, user_id, status, metadata, created_at, updated_at"
+INSERT_THREAD = (
+    f"INSERT INTO threads ({THREAD_COLUMNS}) VALUES (?, ?, 'idle', ?, ?, ?) "
+    "ON CONFLICT (thread_id) DO NOTHING"
+)
+SELECT_THREAD = f"SELECT {THREAD_COLUMNS} FROM threads WHERE thread_id = ? AND user_id = ?"
+SELECT_THREAD_OWNER = "SELECT user_id FROM threads WHERE thread_id = ?"
+UPDATE_THREAD_STATUS = "UPDATE threads SET status = ?, updated_at = ? WHERE thread_id = ?"
+UPDATE_THREAD_METADATA = "UPDATE threads SET metadata = ?, updated_at = ? WHERE thread_id = ?"
+DELETE_THREAD = "DELETE FROM threads WHERE thread_id = ? AND user_id = ?"
+DELETE_THREAD_RUNS = "DELETE FROM runs WHERE thread_id = ?"
+SEARCH_THREADS = f"SELECT {THREAD_COLUMNS} FROM threads WHERE user_id = ?"
+
+# ── Runs ──────────────────────────────────────────────────────────────────────
+
+RUN_COLUMNS = (
+    "run_id, thread_id, assistant_id, user_id, status, kwargs, metadata, device_id, error, "
+    "counts, created_at, updated_at, started_at, finished_at"
+)
+INSERT_RUN = (
+    "INSERT INTO runs (run_id, thread_id, assistant_id, user_id, status, kwargs, metadata, "
+    "device_id, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)"
+)
+SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
+SELECT_USER_RUN = (
+    f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ? AND thread_id = ? AND user_id = ?"
+)
+LIST_RUNS = (
+    f"SELECT {RUN_COLUMNS} FROM runs WHERE thread_id = ? AND user_id = ? "
+    "ORDER BY created_at DESC LIMIT ? OFFSET ?"
+)
+ACTIVE_STATUSES = ("pending", "running", "interrupted")
+FINAL_STATUSES = ("success", "partial", "error", "cancelled")
+SELECT_ACTIVE_RUN = (
+    f"SELECT {RUN_COLUMNS} FROM runs WHERE thread_id = ? "
+    "AND status IN ('pending', 'running', 'interrupted') ORDER BY created_at LIMIT 1"
+)
+SET_RUN_STATUS = "UPDATE runs SET status = ?, updated_at = ? WHERE run_id = ?"
+START_RUN = (
+    "UPDATE runs SET status = 'running', updated_at = ?, started_at = COALESCE(started_at, ?) "
+    "WHERE run_id = ? AND status IN ('pending', 'running', 'interrupted')"
+)
+FINISH_RUN = (
+    "UPDATE runs SET status = ?, error = ?, counts = ?, updated_at = ?, finished_at = ? "
+    "WHERE run_id = ? AND status NOT IN ('cancelled')"
+)
+CANCEL_RUN = (
+    "UPDATE runs SET status = 'cancelled', updated_at = ?, finished_at = ? "
+    "WHERE run_id = ? AND status IN ('pending', 'running', 'interrupted')"
+)
+RUNS_TO_RECOVER = (
+    "SELECT run_id FROM runs WHERE status IN ('pending', 'running') "
+    "OR (status = 'interrupted' AND EXISTS (SELECT 1 FROM device_calls c WHERE c.run_id = "
+    "runs.run_id AND c.done = 0) AND NOT EXISTS (SELECT 1 FROM device_calls c WHERE "
+    "c.run_id = runs.run_id AND c.done = 0 AND c.call_id NOT IN (SELECT call_id FROM "
+    "device_inbox))) ORDER BY created_at"
+)
+
+# ── Device outbox and inbox ───────────────────────────────────────────────────
+
+INSERT_CALL = (
+    "INSERT INTO device_calls (call_id, run_id, thread_id, interrupt_id, user_id, device_id, "
+    "name, args, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (call_id) DO NOTHING"
+)
+CALL_COLUMNS = "c.call_id, c.run_id, c.thread_id, c.interrupt_id, c.device_id, c.name, c.args"
+PENDING_FOR_DEVICE = (
+    f"SELECT {CALL_COLUMNS}, r.assistant_id FROM device_calls c JOIN runs r ON r.run_id = c.run_id "
+    "WHERE c.user_id = ? AND (c.device_id = ? OR c.device_id IS NULL) AND c.done = 0 "
+    "AND NOT EXISTS (SELECT 1 FROM device_inbox i WHERE i.call_id = c.call_id) "
+    "ORDER BY c.created_at, c.seq"
+)
+PENDING_FOR_RUN = (
+    f"SELECT {CALL_COLUMNS}, r.assistant_id FROM device_calls c JOIN runs r ON r.run_id = c.run_id "
+    "WHERE c.run_id = ? AND c.done = 0 "
+    "AND NOT EXISTS (SELECT 1 FROM device_inbox i WHERE i.call_id = c.call_id) ORDER BY c.seq"
+)
+BIND_UNBOUND = (
+    "UPDATE device_calls SET device_id = ? WHERE user_id = ? AND device_id IS NULL AND done = 0"
+)
+SELECT_CALL = "SELECT call_id, run_id, user_id, device_id, done FROM device_calls WHERE call_id = ?"
+INSERT_ANSWER = (
+    "INSERT INTO device_inbox (call_id, run_id, ok, payload, received_at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (call_id) DO NOTHING"
+)
+COUNT_UNANSWERED = (
+    "SELECT count(*) AS n FROM device_calls c WHERE c.run_id = ? AND c.done = 0 "
+    "AND NOT EXISTS (SELECT 1 FROM device_inbox i WHERE i.call_id = c.call_id)"
+)
+SELECT_ANSWERS = "SELECT call_id, ok, payload FROM device_inbox WHERE run_id = ?"
+MARK_CALLS_DONE = "UPDATE device_calls SET done = 1 WHERE run_id = ? AND interrupt_id = ?"
+DELETE_INBOX_ROW = "DELETE FROM device_inbox WHERE call_id = ?"
+DELETE_RUN_CALLS = "DELETE FROM device_calls WHERE run_id = ?"
+DELETE_RUN_INBOX = "DELETE FROM device_inbox WHERE run_id = ?"
+RUN_DEVICES = (
+    "SELECT DISTINCT device_id FROM device_calls WHERE run_id = ? AND device_id IS NOT NULL"
+)
+
+AnswerOutcome = Literal["stored", "duplicate", "late", "unknown"]
+
+
+@dataclass(frozen=True)
+class PendingCall:
+    """A device call waiting in the outbox."""
+
+    call_id: str
+    run_id: str
+    thread_id: str
+    assistant_id: str
+    interrupt_id: str
+    device_id: str | None
+    name: str
+    args: dict[str, Any]
+
+
+class Repository:
+    """All server reads and writes, as keyword-only methods over one `Database`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # keys and devices
+
+    async def create_api_key(self, *, user_id: str) -> str:
+        key = "rgk_" + secrets.token_urlsafe(32)
+        await self.db.execute((INSERT_KEY, (_hash(key), user_id, now())))
+        return key
+
+    async def user_for_key(self, key: str) -> str | None:
+        rows = await self.db.fetch(SELECT_KEY, _hash(key))
+        return str(rows[0]["user_id"]) if rows else None
+
+    async def add_device(self, *, user_id: str, device_id: str) -> str:
+        """A new token for the device (an existing device gets a new token; the old one stops
+        working)."""
+        token = make_device_token(device_id, secrets.token_urlsafe(32))
+        await self.db.execute((UPSERT_DEVICE, (user_id, device_id, _hash(token), now())))
+        return token
+
+    async def device_for_token(self, token: str) -> tuple[str, str] | None:
+        rows = await self.db.fetch(SELECT_DEVICE, _hash(token))
+        return (str(rows[0]["user_id"]), str(rows[0]["device_id"])) if rows else None
+
+    # assistants
+
+    async def create_assistant(
+        self,
+        *,
+        user_id: str,
+        graph_id: str,
+        assistant_id: str | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        config: dict[str, Any] | None = None,
+        context: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """(the assistant, whether it was created); an existing id is returned as it is."""
+        assistant_id = assistant_id or str(uuid.uuid4())
+        stamp = now()
+        created = await self.db.execute(
+            (
+                INSERT_ASSISTANT,
+                (
+                    assistant_id,
+                    user_id,
+                    graph_id,
+                    name or graph_id,
+                    description,
+                    json.dumps(config or {}),
+                    json.dumps(context or {}),
+                    json.dumps(metadata or {}),
+                    1,
+                    stamp,
+                    stamp,
+                ),
+            )
+        )
+        found = await self.get_assistant(user_id=user_id, assistant_id=assistant_id)
+        if found is None:  # the id belongs to another user
+            raise PermissionError(assistant_id)
+        return found, bool(created)
+
+    async def get_assistant(self, *, user_id: str, assistant_id: str) -> dict[str, Any] | None:
+        rows = await self.db.fetch(SELECT_ASSISTANT, assistant_id, user_id)
+        return _assistant(rows[0]) if rows else None
+
+    async def update_assistant(
+        self, *, user_id: str, assistant_id: str, changes: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        current = await self.get_assistant(user_id=user_id, assistant_id=assistant_id)
+        if current is None:
+            return None
+        merged = {**current, **{k: v for k, v in changes.items() if v is not None}}
+        await self.db.execute(
+            (
+                UPDATE_ASSISTANT,
+                (
+                    merged["graph_id"],
+                    merged["name"],
+                    merged.get("description"),
+                    json.dumps(merged["config"]),
+                    json.dumps(merged["context"]),
+                    json.dumps(merged["metadata"]),
+                    now(),
+                    assistant_id,
+                    user_id,
+                ),
+            )
+        )
+        return await self.get_assistant(user_id=user_id, assistant_id=assistant_id)
+
+    async def delete_assistant(self, *, user_id: str, assistant_id: str) -> bool:
+        return bool(await self.db.execute((DELETE_ASSISTANT, (assistant_id, user_id))))
+
+    async def search_assistants(
+        self,
+        *,
+        user_id: str,
+        graph_id: str | None,
+        metadata: dict[str, Any] | None,
+        limit: int,
+        offset: int,
+    ) -> list[dict[str, Any]]:
+        sql, params = SEARCH_ASSISTANTS, [user_id]
+        if graph_id:
+            sql += " AND graph_id = ?"
+            params.append(graph_id)
+        rows = [_assistant(r) for r in await self.db.fetch(sql + " ORDER BY created_at", *params)]
+        rows = [r for r in rows if _matches(r["metadata"], metadata)]
+        return rows[offset : offset + limit]
+
+    # threads
+
+    async def create_thread(
+        self, *, user_id: str, thread_id: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """(the thread, whether it was created); None when the id is another user's."""
+        thread_id = thread_id or str(uuid.uuid4())
+        stamp = now()
+        created = await self.db.execute(
+            (INSERT_THREAD, (thread_id, user_id, json.dumps(metadata or {}), stamp, stamp))
+        )
+        return await self.get_thread(user_id=user_id, thread_id=thread_id), bool(created)
+
+    async def get_thread(self, *, user_id: str, thread_id: str) -> dict[str, Any] | None:
+        rows = await self.db.fetch(SELECT_THREAD, thread_id, user_id)
+        return _thread(rows[0]) if rows else None
+
+    async def thread_owner(self, thread_id: str) -> str | None:
+        rows = await self.db.fetch(SELECT_THREAD_OWNER, thread_id)
+        return str(rows[0]["user_id"]) if rows else None
+
+    async def set_thread_status(self, *, thread_id: str, status: str) -> None:
+        await self.db.execute((UPDATE_THREAD_STATUS, (status, now(), thread_id)))
+
+    async def update_thread_metadata(self, *, thread_id: str, metadata: dict[str, Any]) -> None:
+        await self.db.execute((UPDATE_THREAD_METADATA, (json.dumps(metadata), now(), thread_id)))
+
+    async def delete_thread(self, *, user_id: str, thread_id: str) -> bool:
+        deleted = await self.db.execute((DELETE_THREAD, (thread_id, user_id)))
+        if deleted:
+            await self.db.execute((DELETE_THREAD_RUNS, (thread_id,)))
+        return bool(deleted)
+
+    async def search_threads(
+        self,
+        *,
+        user_id: str,
+        status: str | None,
+        metadata: dict[str, Any] | None,
+        limit: int,
+        offset: int,
+    ) -> list[dict[str, Any]]:
+        sql, params = SEARCH_THREADS, [user_id]
+        if status:
+            sql += " AND status = ?"
+            params.append(status)
+        rows = [_thread(r) for r in await self.db.fetch(sql + " ORDER BY created_at DESC", *params)]
+        rows = [r for r in rows if _matches(r["metadata"], metadata)]
+        return rows[offset : offset + limit]
+
+    # runs
+
+    async def create_run(
+        self,
+        *,
+        user_id: str,
+        thread_id: str,
+        assistant_id: str,
+        kwargs: dict[str, Any],
+        metadata: dict[str, Any] | None,
+        device_id: str | None,
+    ) -> dict[str, Any]:
+        run_id = str(uuid.uuid4())
+        stamp = now()
+        await self.db.execute(
+            (
+                INSERT_RUN,
+                (
+                    run_id,
+                    thread_id,
+                    assistant_id,
+                    user_id,
+                    json.dumps(kwargs),
+                    json.dumps(metadata or {}),
+                    device_id,
+                    stamp,
+                    stamp,
+                ),
+            ),
+            (UPDATE_THREAD_STATUS, ("busy", stamp, thread_id)),
+        )
+        run = await self.get_run(run_id)
+        assert run is not None
+        return run
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        rows = await self.db.fetch(SELECT_RUN, run_id)
+        return _run(rows[0]) if rows else None
+
+    async def get_user_run(
+        self, *, user_id: str, thread_id: str, run_id: str
+    ) -> dict[str, Any] | None:
+        rows = await self.db.fetch(SELECT_USER_RUN, run_id, thread_id, user_id)
+        return _run(rows[0]) if rows else None
+
+    async def list_runs(
+        self, *, user_id: str, thread_id: str, limit: int, offset: int, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        rows = [_run(r) for r in await self.db.fetch(LIST_RUNS, thread_id, user_id, 10_000, 0)]
+        if status:
+            rows = [r for r in rows if r["status"] == status]
+        return rows[offset : offset + limit]
+
+    async def active_run(self, thread_id: str) -> dict[str, Any] | None:
+        rows = await self.db.fetch(SELECT_ACTIVE_RUN, thread_id)
+        return _run(rows[0]) if rows else None
+
+    async def mark_running(self, run_id: str) -> bool:
+        stamp = now()
+        return bool(await self.db.execute((START_RUN, (stamp, stamp, run_id))))
+
+    async def park_run(
+        self,
+        *,
+        run: dict[str, Any],
+        calls: list[tuple[str, str, str, dict[str, Any]]],
+        device_id: str | None,
+    ) -> None:
+        """Store the calls of the pending interrupts (interrupt id, call id, name, args) and
+        mark the run and its thread interrupted, in one transaction."""
+        stamp = now()
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (
+                INSERT_CALL,
+                (
+                    call_id,
+                    run["run_id"],
+                    run["thread_id"],
+                    interrupt_id,
+                    run["user_id"],
+                    device_id,
+                    name,
+                    json.dumps(args),
+                    seq,
+                    stamp,
+                ),
+            )
+            for seq, (interrupt_id, call_id, name, args) in enumerate(calls)
+        ]
+        statements.append((SET_RUN_STATUS, ("interrupted", stamp, run["run_id"])))
+        statements.append((UPDATE_THREAD_STATUS, ("interrupted", stamp, run["thread_id"])))
+        await self.db.execute(*statements)
+
+    async def finish_run(
+        self,
+        *,
+        run: dict[str, Any],
+        status: str,
+        error: str | None,
+        counts: dict[str, Any],
+        thread_status: str,
+    ) -> None:
+        stamp = now()
+        await self.db.execute(
+            (FINISH_RUN, (status, error, json.dumps(counts), stamp, stamp, run["run_id"])),
+            (UPDATE_THREAD_STATUS, (thread_status, stamp, run["thread_id"])),
+            (DELETE_RUN_INBOX, (run["run_id"],)),
+            (DELETE_RUN_CALLS, (run["run_id"],)),
+        )
+
+    async def cancel_run(self, *, run: dict[str, Any]) -> bool:
+        stamp = now()
+        cancelled = await self.db.execute((CANCEL_RUN, (stamp, stamp, run["run_id"])))
+        if cancelled:
+            await self.db.execute(
+                (UPDATE_THREAD_STATUS, ("idle", stamp, run["thread_id"])),
+                (DELETE_RUN_INBOX, (run["run_id"],)),
+                (DELETE_RUN_CALLS, (run["run_id"],)),
+            )
+        return bool(cancelled)
+
+    async def runs_to_recover(self) -> list[str]:
+        return [str(r["run_id"]) for r in await self.db.fetch(RUNS_TO_RECOVER)]
+
+    # the device bridge
+
+    async def pending_for_device(self, *, user_id: str, device_id: str) -> list[PendingCall]:
+        """Calls waiting for this device, unbound calls of its user included (and now bound)."""
+        await self.db.execute((BIND_UNBOUND, (device_id, user_id)))
+        return [_call(r) for r in await self.db.fetch(PENDING_FOR_DEVICE, user_id, device_id)]
+
+    async def pending_for_run(self, run_id: str) -> list[PendingCall]:
+        return [_call(r) for r in await self.db.fetch(PENDING_FOR_RUN, run_id)]
+
+    async def record_answer(
+        self, *, user_id: str, device_id: str, call_id: str, ok: bool, payload: Any
+    ) -> tuple[AnswerOutcome, str | None]:
+        """Store an answer durably (invariant 5); (outcome, run id)."""
+        rows = await self.db.fetch(SELECT_CALL, call_id)
+        if (
+            not rows
+            or rows[0]["user_id"] != user_id
+            or rows[0]["device_id"] not in (device_id, None)
+        ):
+            return "unknown", None
+        run_id = str(rows[0]["run_id"])
+        if rows[0]["done"]:
+            return "late", run_id
+        stored = await self.db.execute(
+            (INSERT_ANSWER, (call_id, run_id, int(ok), json.dumps(payload), now()))
+        )
+        return ("stored" if stored else "duplicate"), run_id
+
+    async def unanswered(self, run_id: str) -> int:
+        rows = await self.db.fetch(COUNT_UNANSWERED, run_id)
+        return int(rows[0]["n"])
+
+    async def answers(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Stored answers by call id, as bridge results."""
+        results: dict[str, dict[str, Any]] = {}
+        for row in await self.db.fetch(SELECT_ANSWERS, run_id):
+            payload = _loads(row["payload"])
+            results[str(row["call_id"])] = (
+                {"ok": True, "result": payload}
+                if row["ok"]
+                else {"ok": False, "error": str(payload)}
+            )
+        return results
+
+    async def consume_answers(
+        self, *, run_id: str, interrupt_ids: list[str], call_ids: list[str]
+    ) -> None:
+        """The run moved past these interrupts: their calls are done, their inbox rows go."""
+        await self.db.execute(
+            *[(MARK_CALLS_DONE, (run_id, iid)) for iid in interrupt_ids],
+            *[(DELETE_INBOX_ROW, (cid,)) for cid in call_ids],
+        )
+
+    async def run_devices(self, run_id: str) -> list[str]:
+        return [str(r["device_id"]) for r in await self.db.fetch(RUN_DEVICES, run_id)]
+
+
+def _matches(values: dict[str, Any], wanted: dict[str, Any] | None) -> bool:
+    return all(values.get(k) == v for k, v in (wanted or {}).items())
+
+
+def _assistant(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "assistant_id": row["assistant_id"],
+        "graph_id": row["graph_id"],
+        "name": row["name"],
+        "description": row["description"],
+        "config": _loads(row["config"]),
+        "context": _loads(row["context"]),
+        "metadata": _loads(row["metadata"]),
+        "version": row["version"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def _thread(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "thread_id": row["thread_id"],
+        "status": row["status"],
+        "metadata": _loads(row["metadata"]),
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "values": None,
+        "interrupts": {},
+        "config": {},
+    }
+
+
+def _run(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run_id": row["run_id"],
+        "thread_id": row["thread_id"],
+        "assistant_id": row["assistant_id"],
+        "user_id": row["user_id"],
+        "status": row["status"],
+        "kwargs": _loads(row["kwargs"]),
+        "metadata": _loads(row["metadata"]),
+        "device_id": row["device_id"],
+        "error": row["error"],
+        "counts": _loads(row["counts"]) if row["counts"] else None,
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "multitask_strategy": "reject",
+    }
+
+
+def _call(row: dict[str, Any]) -> PendingCall:
+    return PendingCall(
+        call_id=str(row["call_id"]),
+        run_id=str(row["run_id"]),
+        thread_id=str(row["thread_id"]),
+        assistant_id=str(row["assistant_id"]),
+        interrupt_id=str(row["interrupt_id"]),
+        device_id=row["device_id"],
+        name=str(row["name"]),
+        args=_loads(row["args"]),
+    )

@@ -1,0 +1,351 @@
+"""Run execution: a queue and workers in the server process, and the server side of the
+device bridge.
+
+A run executes under its thread's lock until the graph returns. If it returned with device
+calls pending, the calls are stored in the outbox, the run is parked (`interrupted`), and
+only then pushed to the device (invariant 3). A parked run is a row and a checkpoint: no
+worker, task or socket waits for it (invariant 7). Each answer is stored in the inbox first
+(invariant 5); when every call of the pending interrupts is answered, the run is queued
+again, and the worker resumes it with `{interrupt_id: {call_id: result}}` after checking,
+under the lock, that those interrupts are still the pending ones. Inbox rows go once the
+run has moved past them.
+
+One run record spans the whole job: device round trips and server restarts do not end it.
+"""
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.pregel import Pregel
+from langgraph.types import Command, StateSnapshot
+from pydantic import TypeAdapter, ValidationError
+
+from device.protocol import RunComplete, RunContext, RunProgress, ToolCallFrame
+from nodes.bridge import is_device_request
+from nodes.context import AgentContext
+from server.events import RunEvents
+from server.graphs import GraphRegistry
+from server.hub import DeviceHub
+from server.locks import ThreadLocks
+from server.repository import FINAL_STATUSES, PendingCall, Repository
+
+log = logging.getLogger(__name__)
+
+RECURSION_LIMIT = 200
+RUN_ID_KEY = "relaygraph_run_id"
+CONTEXT = TypeAdapter(AgentContext)
+RUN_FAILED = "{kind}: {message}"
+
+
+class RunManager:
+    """Queue, workers, and the steps of a run's life."""
+
+    def __init__(
+        self,
+        *,
+        repo: Repository,
+        graphs: GraphRegistry,
+        hub: DeviceHub,
+        events: RunEvents,
+        locks: ThreadLocks,
+        workers: int,
+    ) -> None:
+        self.repo, self.graphs, self.hub, self.events, self.locks = repo, graphs, hub, events, locks
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.worker_count = workers
+        self.workers: list[asyncio.Task[None]] = []
+        self.executing: dict[str, asyncio.Task[None]] = {}
+
+    # ── lifecycle ────────────────────────────────────────────────────────────
+
+    async def start(self) -> None:
+        """Start the workers and queue the runs a previous process left unfinished."""
+        self.workers = [
+            asyncio.create_task(self._work(), name=f"run-worker-{i}")
+            for i in range(self.worker_count)
+        ]
+        for run_id in await self.repo.runs_to_recover():
+            self.enqueue(run_id)
+
+    async def stop(self) -> None:
+        for worker in self.workers:
+            worker.cancel()
+        await asyncio.gather(*self.workers, return_exceptions=True)
+
+    def enqueue(self, run_id: str) -> None:
+        self.queue.put_nowait(run_id)
+
+    async def _work(self) -> None:
+        while True:
+            run_id = await self.queue.get()
+            task = asyncio.create_task(self.execute(run_id), name=f"run-{run_id}")
+            self.executing[run_id] = task
+            try:
+                await asyncio.wait([task])
+            finally:
+                self.executing.pop(run_id, None)
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                log.error("run %s: the worker failed: %r", run_id, exc, exc_info=exc)
+
+    # ── executing ─────────────────────────────────────────────────────────────
+
+    async def execute(self, run_id: str) -> None:
+        """Run (or resume) one run until it finishes or parks on its device."""
+        run = await self.repo.get_run(run_id)
+        if run is None or run["status"] in FINAL_STATUSES:
+            return
+        async with self.locks.hold(run["thread_id"]):
+            run = await self.repo.get_run(run_id)  # strict: re-read under the lock
+            if run is None or run["status"] in FINAL_STATUSES:
+                return
+            await self._step(run)
+
+    async def _step(self, run: dict[str, Any]) -> None:
+        assistant = await self.repo.get_assistant(
+            user_id=run["user_id"], assistant_id=run["assistant_id"]
+        )
+        if assistant is None or assistant["graph_id"] not in self.graphs:
+            await self._finish(run, "error", {}, "The run's assistant no longer exists.")
+            return
+        graph = self.graphs[assistant["graph_id"]]
+        config = run_config(run, assistant)
+        try:
+            context = run_context(assistant, run["kwargs"])
+        except ValidationError as exc:
+            await self._finish(run, "error", {}, f"Invalid context: {exc}")
+            return
+        snapshot = await graph.aget_state(config)
+        payload, resumed = await self._next_payload(run, snapshot)
+        if payload is _WAIT:
+            await self._park(run, snapshot)
+            return
+        await self.repo.mark_running(run["run_id"])
+        await self.repo.set_thread_status(thread_id=run["thread_id"], status="busy")
+        self.events.status_changed(run["run_id"])
+        try:
+            await self._stream(run, graph, payload, config, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the run's boundary: record the failure, keep the worker
+            log.exception("run %s failed", run["run_id"])
+            await self._finish(
+                run, "error", {}, RUN_FAILED.format(kind=type(exc).__name__, message=exc)
+            )
+            return
+        if resumed:
+            await self.repo.consume_answers(
+                run_id=run["run_id"],
+                interrupt_ids=[i.id for i in snapshot.interrupts],
+                call_ids=[c["id"] for i in snapshot.interrupts for c in i.value["calls"]],
+            )
+        snapshot = await graph.aget_state(config)
+        await self._after(run, assistant, snapshot)
+
+    async def _next_payload(self, run: dict[str, Any], snapshot: StateSnapshot) -> tuple[Any, bool]:
+        """(what to stream, whether it resumes device answers); `_WAIT` when answers are
+        still missing."""
+        started = (
+            snapshot.metadata is not None and snapshot.metadata.get(RUN_ID_KEY) == run["run_id"]
+        )
+        if not started:
+            kwargs = run["kwargs"]
+            if kwargs.get("command") is not None:
+                return Command(**command_fields(kwargs["command"])), False
+            return kwargs.get("input") or {}, False
+        device = [i for i in snapshot.interrupts if is_device_request(i.value)]
+        if not device:
+            return None, False  # killed mid-step: continue from the last checkpoint
+        answers = await self.repo.answers(run["run_id"])
+        wanted = {c["id"] for i in device for c in i.value["calls"]}
+        if not wanted <= set(answers):
+            return _WAIT, False
+        resume = {i.id: {c["id"]: answers[c["id"]] for c in i.value["calls"]} for i in device}
+        return Command(resume=resume), True
+
+    async def _stream(
+        self,
+        run: dict[str, Any],
+        graph: Pregel[Any, Any, Any, Any],
+        payload: Any,
+        config: RunnableConfig,
+        context: AgentContext,
+    ) -> None:
+        run_id = run["run_id"]
+        async for mode, data in graph.astream(
+            payload,
+            config,
+            context=context,
+            durability="sync",
+            stream_mode=["values", "updates", "custom"],
+        ):
+            self.events.publish(run_id, str(mode), data)
+            if mode == "custom" and isinstance(data, Mapping):
+                await self._progress_to_device(run, data)
+
+    async def _after(
+        self, run: dict[str, Any], assistant: dict[str, Any], snapshot: StateSnapshot
+    ) -> None:
+        if not snapshot.next:
+            status, counts, error = outcome_of(dict(snapshot.values))
+            await self._finish(run, status, counts, error)
+            return
+        if any(is_device_request(i.value) for i in snapshot.interrupts):
+            await self._park(run, snapshot)
+            return
+        if snapshot.interrupts:  # a human's turn: the run ends, as in the LangGraph server
+            await self._finish(run, "success", {}, None, thread_status="interrupted")
+            return
+        self.enqueue(run["run_id"])  # nothing pending yet not finished: run the next step
+
+    async def _park(self, run: dict[str, Any], snapshot: StateSnapshot) -> None:
+        """Store the pending calls, mark the run interrupted, then push them."""
+        device_id = run["device_id"] or self._any_device(run["user_id"])
+        calls = [
+            (pending.id, call["id"], call["name"], call["args"])
+            for pending in snapshot.interrupts
+            if is_device_request(pending.value)
+            for call in pending.value["calls"]
+        ]
+        await self.repo.park_run(run=run, calls=calls, device_id=device_id)
+        self.events.status_changed(run["run_id"])
+        self.events.publish(run["run_id"], "values", dict(snapshot.values))
+        unanswered = await self.repo.pending_for_run(run["run_id"])
+        if not unanswered:  # every answer arrived while we were parking
+            self.enqueue(run["run_id"])
+            return
+        for call in unanswered:
+            await self.push(run["user_id"], call)
+
+    def _any_device(self, user_id: str) -> str | None:
+        connected = self.hub.connected_devices(user_id)
+        return connected[0] if connected else None
+
+    async def push(self, user_id: str, call: PendingCall) -> bool:
+        frame = ToolCallFrame(
+            id=call.call_id,
+            name=call.name,
+            args=call.args,
+            run_context=RunContext(
+                run_id=call.run_id, thread_id=call.thread_id, assistant_id=call.assistant_id
+            ),
+        )
+        return await self.hub.send(user_id, call.device_id, frame)
+
+    async def _progress_to_device(self, run: dict[str, Any], data: Mapping[str, Any]) -> None:
+        device_id = run["device_id"] or self._any_device(run["user_id"])
+        if device_id is None or "event" not in data:
+            return
+        frame = RunProgress(
+            run_context=_run_context(run),
+            event=str(data["event"]),
+            data=dict(data.get("data") or {}),
+        )
+        await self.hub.send(run["user_id"], device_id, frame)
+
+    async def _finish(
+        self,
+        run: dict[str, Any],
+        status: str,
+        counts: dict[str, Any],
+        error: str | None,
+        *,
+        thread_status: str | None = None,
+    ) -> None:
+        devices = set(await self.repo.run_devices(run["run_id"]))
+        if run["device_id"]:
+            devices.add(run["device_id"])
+        await self.repo.finish_run(
+            run=run,
+            status=status,
+            error=error,
+            counts=counts,
+            thread_status=thread_status or ("error" if status == "error" else "idle"),
+        )
+        if error:
+            self.events.publish(run["run_id"], "error", {"error": status, "message": error})
+        self.events.finish(run["run_id"])
+        frame = RunComplete(run_context=_run_context(run), status=status, counts=counts)
+        for device_id in devices:
+            await self.hub.send(run["user_id"], device_id, frame)
+
+    # ── answers and cancellation ─────────────────────────────────────────────
+
+    async def answer_received(self, run_id: str) -> None:
+        """After an answer is stored: queue the run once every pending call is answered."""
+        run = await self.repo.get_run(run_id)
+        if run is None or run["status"] != "interrupted":
+            return
+        if await self.repo.unanswered(run_id) == 0:
+            self.enqueue(run_id)
+
+    async def cancel(self, run: dict[str, Any]) -> bool:
+        """Stop the run wherever it is and tell its device."""
+        devices = set(await self.repo.run_devices(run["run_id"]))
+        if not await self.repo.cancel_run(run=run):
+            return False
+        task = self.executing.get(run["run_id"])
+        if task is not None:
+            task.cancel()
+        self.events.finish(run["run_id"])
+        frame = RunComplete(run_context=_run_context(run), status="cancelled", counts={})
+        for device_id in devices | ({run["device_id"]} if run["device_id"] else set()):
+            await self.hub.send(run["user_id"], device_id, frame)
+        return True
+
+
+_WAIT = object()
+
+
+def _run_context(run: Mapping[str, Any]) -> RunContext:
+    return RunContext(
+        run_id=run["run_id"], thread_id=run["thread_id"], assistant_id=run["assistant_id"]
+    )
+
+
+def run_config(run: Mapping[str, Any], assistant: Mapping[str, Any]) -> RunnableConfig:
+    """The graph config of a run: its thread, its id in checkpoint metadata, the assistant's
+    configurable values."""
+    configurable = {
+        **(assistant.get("config") or {}).get("configurable", {}),
+        **(run["kwargs"].get("config") or {}).get("configurable", {}),
+        "thread_id": run["thread_id"],
+    }
+    return {
+        "configurable": configurable,
+        "metadata": {RUN_ID_KEY: run["run_id"], "assistant_id": run["assistant_id"]},
+        "recursion_limit": RECURSION_LIMIT,
+    }
+
+
+def run_context(assistant: Mapping[str, Any], kwargs: Mapping[str, Any]) -> AgentContext:
+    """The assistant's context, overridden by the run's; raises `ValidationError`."""
+    merged = {**(assistant.get("context") or {}), **(kwargs.get("context") or {})}
+    return CONTEXT.validate_python(merged)
+
+
+def command_fields(command: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: command[k] for k in ("resume", "update", "goto") if command.get(k) is not None}
+
+
+def outcome_of(values: Mapping[str, Any]) -> tuple[str, dict[str, Any], str | None]:
+    """(run status, counts, error) from a finished graph's values."""
+    report = values.get("report")
+    if isinstance(report, Mapping):
+        counts = {
+            "created": report.get("created", {}),
+            "updated": report.get("updated", {}),
+            "files_processed": report.get("files_processed", 0),
+        }
+        errors = report.get("errors") or []
+        return str(report.get("status", "success")), counts, "; ".join(errors) or None
+    outcome = values.get("outcome")
+    if isinstance(outcome, Mapping):
+        status = {"completed": "success", "partial": "partial"}.get(
+            str(outcome.get("status")), "error"
+        )
+        counts = {k: outcome.get(k) for k in ("total", "completed", "adapted", "failed")}
+        return status, counts, outcome.get("error")
+    return "success", {}, None

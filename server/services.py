@@ -1,0 +1,26 @@
+"""The objects a running server shares, built once at start-up."""
+
+from dataclasses import dataclass
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+
+from server.events import RunEvents
+from server.graphs import GraphRegistry
+from server.hub import DeviceHub
+from server.repository import Repository
+from server.runs import RunManager
+from server.settings import Settings
+
+
+@dataclass
+class Services:
+    """Settings, storage, graphs, devices and the run manager of one server process."""
+
+    settings: Settings
+    repo: Repository
+    saver: BaseCheckpointSaver
+    graphs: GraphRegistry
+    hub: DeviceHub
+    events: RunEvents
+    runs: RunManager
+    model_label: str

@@ -1,0 +1,37 @@
+"""Server settings, from the environment (`RELAYGRAPH_*`, `DATABASE_URL`) and the command line."""
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from checkpoints.factory import storage_kind
+
+DEFAULT_DATABASE = ".relaygraph/relaygraph.db"
+PRODUCTION_NEEDS_POSTGRES = (
+    "RELAYGRAPH_PRODUCTION is set but the database is {kind}: production runs on Postgres "
+    "(set DATABASE_URL=postgresql://...)."
+)
+
+
+class Settings(BaseSettings):
+    """Everything `relaygraph serve` can be told; validated at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAYGRAPH_", extra="ignore")
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE,
+        validation_alias=AliasChoices("RELAYGRAPH_DATABASE_URL", "DATABASE_URL", "database_url"),
+        description="A SQLite path (the embedded default) or a postgresql:// URL.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8123, ge=1, le=65535)
+    workers: int = Field(default=8, ge=1, le=256, description="Runs executing at once.")
+    pool_size: int = Field(default=20, ge=2, le=500, description="Postgres connections.")
+    production: bool = Field(default=False, description="Refuse the embedded defaults.")
+    hello_timeout: float = Field(default=10.0, gt=0, description="Seconds to say device_hello.")
+
+    @model_validator(mode="after")
+    def _production_needs_postgres(self) -> "Settings":
+        kind = storage_kind(self.database_url)
+        if self.production and kind != "postgres":
+            raise ValueError(PRODUCTION_NEEDS_POSTGRES.format(kind=kind))
+        return self
