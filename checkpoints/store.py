@@ -7,6 +7,7 @@ pattern). The same SQL runs on SQLite and Postgres (`?` becomes `%s` for psycopg
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
-from checkpoints.factory import postgres_pool, sqlite_path, storage_kind
+from checkpoints.factory import NOT_SQLITE, StorageError, postgres_pool, sqlite_path, storage_kind
 
 MIGRATIONS: Sequence[str] = (
     """CREATE TABLE IF NOT EXISTS relaygraph_runs (
@@ -246,14 +247,27 @@ async def open_database(url: str, *, pool_size: int = 4) -> AsyncIterator[Databa
             await migrate(postgres)
             yield postgres
         return
-    path = ":memory:" if kind == "memory" else str(sqlite_path(url))
-    async with aiosqlite.connect(path) as conn:
-        await conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
-        if kind == "sqlite":
-            await conn.execute("PRAGMA journal_mode = WAL")
+    path = ":memory:"
+    if kind == "sqlite":
+        sqlite_file = sqlite_path(url)
+        sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        path = str(sqlite_file)
+    try:
+        conn = await aiosqlite.connect(path)
+    except sqlite3.Error as exc:
+        raise StorageError(NOT_SQLITE.format(path=path, error=exc)) from exc
+    try:
         sqlite = SqliteDatabase(conn)
-        await migrate(sqlite)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
+            if kind == "sqlite":
+                await conn.execute("PRAGMA journal_mode = WAL")
+            await migrate(sqlite)
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(NOT_SQLITE.format(path=path, error=exc)) from exc
         yield sqlite
+    finally:
+        await conn.close()
 
 
 @asynccontextmanager

@@ -38,6 +38,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "keys" and args.keys_command == "create":
+        return _admin(args, lambda repo: repo.create_api_key(user_id=args.user))
+    if args.command == "devices" and args.devices_command == "add":
+        return _admin(args, lambda repo: repo.add_device(user_id=args.user, device_id=args.device))
+    if args.command == "device":
+        return _device(args)
     parser.print_help()
     return EXIT_BAD_INPUT
 
@@ -81,7 +89,122 @@ def _parser() -> argparse.ArgumentParser:
         help="checkpoint database: a SQLite path or postgresql:// URL "
         f"(default: $DATABASE_URL or {DEFAULT_STATE})",
     )
+
+    serve = commands.add_parser("serve", help="run the HTTP API and the device socket")
+    serve.add_argument("--host", default=None, help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, default=None, help="default 8123")
+    serve.add_argument("--workers", type=int, default=None, help="runs executing at once")
+    _database_option(serve)
+
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command")
+    create = keys.add_parser("create", help="print a new API key for a user")
+    create.add_argument("--user", required=True)
+    _database_option(create)
+
+    devices = commands.add_parser("devices", help="device tokens").add_subparsers(
+        dest="devices_command"
+    )
+    add = devices.add_parser("add", help="print a new token for a user's device")
+    add.add_argument("--user", required=True)
+    add.add_argument("--device", required=True)
+    _database_option(add)
+
+    device = commands.add_parser(
+        "device", help="the reference device: run tool calls from a server on this computer"
+    )
+    device.add_argument("--server", required=True, help="for example http://127.0.0.1:8123")
+    device.add_argument("--token", required=True, help="from `relaygraph devices add`")
+    device.add_argument(
+        "--root",
+        required=True,
+        type=Path,
+        action="append",
+        help="a folder the server may read (repeatable)",
+    )
+    device.add_argument(
+        "--db",
+        type=Path,
+        default=Path(".relaygraph/device.db"),
+        help="the device's entity database (default: .relaygraph/device.db)",
+    )
     return parser
+
+
+def _database_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help=f"SQLite path or postgresql:// URL (default: $DATABASE_URL or {DEFAULT_STATE})",
+    )
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    return str(args.database_url or os.environ.get("DATABASE_URL") or DEFAULT_STATE)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    overrides = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "workers": args.workers,
+            "database_url": args.database_url,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        Console(stderr=True).print(f"relaygraph: invalid settings: {exc}", soft_wrap=True)
+        return EXIT_BAD_INPUT
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return EXIT_OK
+
+
+def _admin(args: argparse.Namespace, action: Any) -> int:
+    """Run one repository action against the server's database and print its result."""
+    from checkpoints import open_database
+    from server.repository import Repository
+
+    async def run() -> str:
+        async with open_database(_database_url(args), pool_size=2) as db:
+            return str(await action(Repository(db)))
+
+    try:
+        print(asyncio.run(run()))
+    except StorageError as exc:
+        Console(stderr=True).print(f"relaygraph: {exc}", soft_wrap=True)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def _device(args: argparse.Namespace) -> int:
+    from device.reference import DeviceUnauthorized, run_reference_device
+
+    console = Console(highlight=False, soft_wrap=True)
+    missing = [r for r in args.root if not r.is_dir()]
+    if missing:
+        console.print(NOT_A_FOLDER.format(path=missing[0]), style="red")
+        return EXIT_BAD_INPUT
+    try:
+        asyncio.run(
+            run_reference_device(
+                args.server, args.token, list(args.root), args.db, on_event=console.print
+            )
+        )
+    except (ValueError, DeviceUnauthorized, DeviceDatabaseError) as exc:
+        Console(stderr=True).print(f"relaygraph: {exc}", soft_wrap=True)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:

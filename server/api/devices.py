@@ -1,0 +1,138 @@
+"""The device WebSocket, `/devices/connect`: protocol v1 (see docs/device-protocol.md)."""
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from device.protocol import (
+    BAD_FRAME,
+    DEVICE_FRAME,
+    NOT_HELLO,
+    UNAUTHORIZED,
+    UNKNOWN_CALL,
+    DeviceHello,
+    ErrorFrame,
+    HelloOk,
+    ToolResult,
+)
+from server.hub import Connection
+from server.services import Services
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["devices"])
+
+BAD_TOKEN = "The device token is not valid (or not for this device)."
+HELLO_FIRST = "Say device_hello first."
+UNKNOWN_ID = "No pending call has the id {call_id!r}."
+MAX_FRAME = 4 * 1024 * 1024
+
+
+@router.websocket("/devices/connect")
+async def connect(socket: WebSocket) -> None:
+    """One device's connection: hello, redelivery of its pending calls, then answers."""
+    svc: Services = socket.app.state.services
+    await socket.accept()
+    connection = await _hello(socket, svc)
+    if connection is None:
+        return
+    previous = svc.hub.register(connection)
+    if previous is not None:
+        await previous.socket.close(code=4000, reason="replaced by a new connection")
+    try:
+        pending = await svc.repo.pending_for_device(
+            user_id=connection.user_id, device_id=connection.device_id
+        )
+        await connection.send(HelloOk(device_id=connection.device_id, pending=len(pending)))
+        for call in pending:
+            await svc.runs.push(connection.user_id, call)
+        await _answers(socket, svc, connection)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        svc.hub.unregister(connection)
+
+
+async def _hello(socket: WebSocket, svc: Services) -> Connection | None:
+    """Wait for a valid `device_hello`; anything else gets an `error` frame."""
+    while True:
+        try:
+            text = await asyncio.wait_for(socket.receive_text(), svc.settings.hello_timeout)
+        except (TimeoutError, WebSocketDisconnect, KeyError, RuntimeError):
+            await _close(socket)
+            return None
+        frame = _parse(text)
+        if isinstance(frame, str):
+            await _error(socket, BAD_FRAME, frame)
+            continue
+        if not isinstance(frame, DeviceHello):
+            await _error(socket, NOT_HELLO, HELLO_FIRST)
+            continue
+        owner = await svc.repo.device_for_token(frame.token)
+        if owner is None or owner[1] != frame.device_id:
+            await _error(socket, UNAUTHORIZED, BAD_TOKEN)
+            await _close(socket, code=4401)
+            return None
+        return Connection(user_id=owner[0], device_id=owner[1], socket=socket)
+
+
+async def _answers(socket: WebSocket, svc: Services, connection: Connection) -> None:
+    while True:
+        message = await socket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            await connection.send(ErrorFrame(code=BAD_FRAME, message="Frames are JSON text."))
+            continue
+        frame = _parse(text)
+        if isinstance(frame, str):
+            await connection.send(ErrorFrame(code=BAD_FRAME, message=frame))
+        elif isinstance(frame, ToolResult):
+            await _store_answer(svc, connection, frame)
+        else:
+            await connection.send(ErrorFrame(code=BAD_FRAME, message="Already said hello."))
+
+
+async def _store_answer(svc: Services, connection: Connection, frame: ToolResult) -> None:
+    payload = frame.result if frame.ok else (frame.error or "The device reported an error.")
+    outcome, run_id = await svc.repo.record_answer(
+        user_id=connection.user_id,
+        device_id=connection.device_id,
+        call_id=frame.id,
+        ok=frame.ok,
+        payload=payload,
+    )
+    if outcome == "unknown":
+        await connection.send(
+            ErrorFrame(code=UNKNOWN_CALL, message=UNKNOWN_ID.format(call_id=frame.id))
+        )
+    elif outcome == "stored" and run_id is not None:
+        await svc.runs.answer_received(run_id)
+
+
+def _parse(text: str) -> DeviceHello | ToolResult | str:
+    """A frame, or the reason it is not one."""
+    if len(text) > MAX_FRAME:
+        return f"Frame larger than {MAX_FRAME} bytes."
+    try:
+        return DEVICE_FRAME.validate_python(json.loads(text))
+    except json.JSONDecodeError as exc:
+        return f"Not JSON: {exc.msg} at {exc.pos}."
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "frame"
+        return f"Invalid frame: {where}: {first['msg']}."
+
+
+async def _error(socket: WebSocket, code: str, message: str) -> None:
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+        await socket.send_text(ErrorFrame(code=code, message=message).model_dump_json())
+
+
+async def _close(socket: WebSocket, code: int = 1000) -> None:
+    with contextlib.suppress(RuntimeError):
+        await socket.close(code=code)

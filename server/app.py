@@ -1,0 +1,67 @@
+"""The FastAPI application: storage, graphs, devices and the run workers, set up at start."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from checkpoints import open_checkpointer, open_database
+from llm import load_chat_model
+from server.api import assistants, devices, runs, system, threads
+from server.events import RunEvents
+from server.graphs import GraphRegistry
+from server.hub import DeviceHub
+from server.locks import ThreadLocks
+from server.repository import Repository
+from server.runs import RunManager
+from server.services import Services
+from server.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The server app; storage opens (and migrates) when it starts."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.database_url
+        async with (
+            open_checkpointer(url) as saver,
+            open_database(url, pool_size=settings.pool_size) as db,
+        ):
+            choice = load_chat_model()
+            repo = Repository(db)
+            graphs = GraphRegistry(choice.model, saver)
+            hub, events = DeviceHub(), RunEvents()
+            manager = RunManager(
+                repo=repo,
+                graphs=graphs,
+                hub=hub,
+                events=events,
+                locks=ThreadLocks(db),
+                workers=settings.workers,
+            )
+            app.state.services = Services(
+                settings=settings,
+                repo=repo,
+                saver=saver,
+                graphs=graphs,
+                hub=hub,
+                events=events,
+                runs=manager,
+                model_label=choice.label,
+            )
+            await manager.start()
+            try:
+                yield
+            finally:
+                await manager.stop()
+
+    app = FastAPI(
+        title="relaygraph",
+        description="LangGraph agents whose tools act on the user's device.",
+        lifespan=lifespan,
+    )
+    for module in (system, assistants, threads, runs, devices):
+        app.include_router(module.router)
+    return app
