@@ -1,6 +1,6 @@
 """Checkpointers and the application store: SQLite (default), Postgres, memory (tests)."""
 
-from checkpoints.factory import StorageError, open_checkpointer, storage_kind
+from checkpoints.factory import StorageError, open_checkpointer, open_checkpointers, storage_kind
 from checkpoints.store import AppStore, Database, open_database, open_store
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "Database",
     "StorageError",
     "open_checkpointer",
+    "open_checkpointers",
     "open_database",
     "open_store",
     "storage_kind",

@@ -72,14 +72,31 @@ async def postgres_pool(
 @asynccontextmanager
 async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
     """The checkpointer for `url`, set up and ready; closed on exit."""
+    async with open_checkpointers(url, count=1) as savers:
+        yield savers[0]
+
+
+@asynccontextmanager
+async def open_checkpointers(
+    url: str, *, count: int, pool_size: int = 10
+) -> AsyncIterator[list[BaseCheckpointSaver]]:
+    """`count` Postgres savers over one pool (each runs one operation at a time), or the
+    one saver of an embedded or in-memory store."""
+    if storage_kind(url) == "postgres":
+        async with postgres_pool(url, max_size=max(pool_size, count + 2)) as pool:
+            savers = [AsyncPostgresSaver(pool) for _ in range(max(1, count))]
+            await savers[0].setup()
+            yield list(savers)
+        return
+    async with _open_single(url) as saver:
+        yield [saver]
+
+
+@asynccontextmanager
+async def _open_single(url: str) -> AsyncIterator[BaseCheckpointSaver]:
     kind = storage_kind(url)
     if kind == "memory":
         yield InMemorySaver()
-    elif kind == "postgres":
-        async with postgres_pool(url) as pool:
-            saver = AsyncPostgresSaver(pool)
-            await saver.setup()
-            yield saver
     else:
         path = sqlite_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)

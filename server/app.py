@@ -4,8 +4,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from langchain_core.language_models import BaseChatModel
 
-from checkpoints import open_checkpointer, open_database
+from checkpoints import open_checkpointers, open_database
 from llm import load_chat_model
 from server.api import assistants, devices, runs, system, threads
 from server.events import RunEvents
@@ -18,20 +19,21 @@ from server.services import Services
 from server.settings import Settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The server app; storage opens (and migrates) when it starts."""
+def create_app(settings: Settings | None = None, *, model: BaseChatModel | None = None) -> FastAPI:
+    """The server app; storage opens (and migrates) when it starts. `model` replaces the one
+    the environment configures (benchmarks and tests pass scripted ones)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = settings.database_url
         async with (
-            open_checkpointer(url) as saver,
+            open_checkpointers(url, count=settings.savers, pool_size=settings.pool_size) as savers,
             open_database(url, pool_size=settings.pool_size) as db,
         ):
             choice = load_chat_model()
             repo = Repository(db)
-            graphs = GraphRegistry(choice.model, saver)
+            graphs = GraphRegistry(model or choice.model, savers)
             hub, events = DeviceHub(), RunEvents()
             manager = RunManager(
                 repo=repo,
@@ -44,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.services = Services(
                 settings=settings,
                 repo=repo,
-                saver=saver,
+                saver=savers[0],
                 graphs=graphs,
                 hub=hub,
                 events=events,

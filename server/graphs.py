@@ -1,6 +1,7 @@
 """The graphs the server runs, by graph id, compiled once with the server's checkpointer."""
 
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -20,22 +21,35 @@ BUILDERS: Mapping[str, Builder] = {
 
 
 class GraphRegistry:
-    """Compiled graphs sharing one checkpointer; unknown ids raise `KeyError`."""
+    """Compiled graphs, one copy per checkpointer; a thread always uses the same copy.
 
-    def __init__(self, model: BaseChatModel, saver: BaseCheckpointSaver) -> None:
-        self._graphs = {
-            graph_id: build(model).copy(update={"checkpointer": saver})
-            for graph_id, build in BUILDERS.items()
+    `AsyncPostgresSaver` runs one database operation at a time per instance (langgraph
+    issue 7259), so the server spreads threads over several savers sharing one pool.
+    """
+
+    def __init__(self, model: BaseChatModel, savers: Sequence[BaseCheckpointSaver]) -> None:
+        built = {graph_id: build(model) for graph_id, build in BUILDERS.items()}
+        self._copies = {
+            graph_id: [graph.copy(update={"checkpointer": saver}) for saver in savers]
+            for graph_id, graph in built.items()
         }
 
     def __contains__(self, graph_id: object) -> bool:
-        return graph_id in self._graphs
+        return graph_id in self._copies
 
     def __getitem__(self, graph_id: str) -> Pregel[Any, Any, Any, Any]:
-        return self._graphs[graph_id]
+        """Any copy: for drawings and schemas, which do not touch a thread."""
+        return self._copies[graph_id][0]
 
-    def get(self, graph_id: object) -> Pregel[Any, Any, Any, Any] | None:
-        return self._graphs.get(graph_id) if isinstance(graph_id, str) else None
+    def for_thread(self, graph_id: str, thread_id: str) -> Pregel[Any, Any, Any, Any]:
+        """The copy whose checkpointer serves this thread."""
+        copies = self._copies[graph_id]
+        return copies[zlib.crc32(thread_id.encode()) % len(copies)]
+
+    def get_for_thread(self, graph_id: object, thread_id: str) -> Pregel[Any, Any, Any, Any] | None:
+        if not isinstance(graph_id, str) or graph_id not in self._copies:
+            return None
+        return self.for_thread(graph_id, thread_id)
 
     def ids(self) -> list[str]:
-        return list(self._graphs)
+        return list(self._copies)

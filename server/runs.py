@@ -110,7 +110,7 @@ class RunManager:
         if assistant is None or assistant["graph_id"] not in self.graphs:
             await self._finish(run, "error", {}, "The run's assistant no longer exists.")
             return
-        graph = self.graphs[assistant["graph_id"]]
+        graph = self.graphs.for_thread(assistant["graph_id"], run["thread_id"])
         config = run_config(run, assistant)
         try:
             context = run_context(assistant, run["kwargs"])

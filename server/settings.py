@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     port: int = Field(default=8123, ge=1, le=65535)
     workers: int = Field(default=8, ge=1, le=256, description="Runs executing at once.")
     pool_size: int = Field(default=20, ge=2, le=500, description="Postgres connections.")
+    savers: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Postgres checkpointers; each runs one operation at a time.",
+    )
     production: bool = Field(default=False, description="Refuse the embedded defaults.")
     hello_timeout: float = Field(default=10.0, gt=0, description="Seconds to say device_hello.")
 

@@ -115,7 +115,9 @@ async def _check_resumable(svc: Services, thread: dict[str, Any], thread_id: str
     graph_id = thread["metadata"].get("graph_id")
     if graph_id not in svc.graphs:
         raise HTTPException(status.HTTP_409_CONFLICT, NOTHING_TO_RESUME.format(thread_id=thread_id))
-    snapshot = await svc.graphs[graph_id].aget_state({"configurable": {"thread_id": thread_id}})
+    snapshot = await svc.graphs.for_thread(graph_id, thread_id).aget_state(
+        {"configurable": {"thread_id": thread_id}}
+    )
     if not snapshot.interrupts:
         raise HTTPException(status.HTTP_409_CONFLICT, NOTHING_TO_RESUME.format(thread_id=thread_id))
     if all(is_device_request(i.value) for i in snapshot.interrupts):
@@ -144,7 +146,7 @@ async def final_values(svc: Services, run: dict[str, Any]) -> Any:
     graph_id = (thread or {}).get("metadata", {}).get("graph_id")
     if graph_id not in svc.graphs:
         return {}
-    snapshot = await svc.graphs[graph_id].aget_state(
+    snapshot = await svc.graphs.for_thread(graph_id, run["thread_id"]).aget_state(
         {"configurable": {"thread_id": run["thread_id"]}}
     )
     return jsonable(snapshot.values)

@@ -53,8 +53,7 @@ async def user_thread(svc: Services, user: str, thread_id: str) -> dict[str, Any
 
 
 def thread_graph(svc: Services, thread: dict[str, Any]) -> Any:
-    graph_id = thread["metadata"].get("graph_id")
-    return svc.graphs.get(graph_id)
+    return svc.graphs.get_for_thread(thread["metadata"].get("graph_id"), thread["thread_id"])
 
 
 @router.post("")
