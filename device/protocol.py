@@ -137,3 +137,23 @@ def device_id_from_token(token: str) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return device_id or None
+
+
+FRAMES: tuple[type[BaseModel], ...] = (
+    DeviceHello,
+    ToolResult,
+    HelloOk,
+    ToolCallFrame,
+    RunProgress,
+    RunComplete,
+    ErrorFrame,
+)
+
+
+def frame_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of every frame, by frame type (docs/device-protocol.md shows them)."""
+    schemas = {}
+    for frame in FRAMES:
+        schema = frame.model_json_schema()
+        schemas[str(schema["properties"]["type"]["const"])] = schema
+    return schemas
