@@ -113,6 +113,9 @@ MIGRATIONS: Sequence[str] = (
         received_at TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS device_inbox_run ON device_inbox (run_id)",
+    # at most one active run per thread, enforced by the database (concurrent creates)
+    "CREATE UNIQUE INDEX IF NOT EXISTS runs_one_active ON runs (thread_id) "
+    "WHERE status IN ('pending', 'running', 'interrupted')",
 )
 
 SQLITE_BUSY_MS = 10_000

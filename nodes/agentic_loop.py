@@ -20,6 +20,7 @@ from langchain_core.messages import (
 )
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
+from langgraph.types import Overwrite
 from pydantic import ValidationError
 
 from nodes import prompts
@@ -63,7 +64,13 @@ def plan_node(model: BaseChatModel) -> AgentNode[AgenticState]:
 
     async def plan(state: AgenticState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         """Break the task into steps; a longer plan is cut and flagged as truncated."""
-        started = {"run_key": uuid.uuid4().hex[:12], "started_at": _now().isoformat()}
+        # a new run on the same thread starts with no finished steps
+        started = {
+            "run_key": uuid.uuid4().hex[:12],
+            "started_at": _now().isoformat(),
+            "steps": Overwrite([]),
+            "step_error": None,
+        }
         task = (state.get("task") or "").strip()
         max_steps = state.get("max_steps") or DEFAULT_MAX_STEPS
         if not task:

@@ -3,9 +3,9 @@
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from langgraph.types import Send
+from langgraph.types import Overwrite, Send
 
 from nodes.state import (
     GroupOutcome,
@@ -17,12 +17,16 @@ from nodes.state import (
 )
 
 
-def begin(state: LocalAgentInput) -> LocalAgentState:
+def begin(state: LocalAgentInput) -> dict[str, Any]:
     """Pin the run's key (the prefix of its device call ids) and its start time."""
     return {
         "run_key": uuid.uuid4().hex[:12],
         "started_at": datetime.now(UTC).isoformat(),
         "modified_since": state.get("modified_since"),
+        # a new run on the same thread starts with no outcomes, groups or triage error
+        "outcomes": Overwrite([]),
+        "groups": [],
+        "triage_error": None,
     }
 
 

@@ -8,10 +8,13 @@ ids simply do not exist (the API answers 404).
 import hashlib
 import json
 import secrets
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+import psycopg
 
 from checkpoints import Database
 from device.protocol import make_device_token
@@ -162,6 +165,10 @@ RUN_DEVICES = (
 AnswerOutcome = Literal["stored", "duplicate", "late", "unknown"]
 
 
+class ThreadBusy(Exception):
+    """The thread already has an active run (the database refused a second one)."""
+
+
 @dataclass(frozen=True)
 class PendingCall:
     """A device call waiting in the outbox."""
@@ -255,6 +262,8 @@ class Repository:
         if current is None:
             return None
         merged = {**current, **{k: v for k, v in changes.items() if v is not None}}
+        if changes.get("metadata") is not None:
+            merged["metadata"] = {**current["metadata"], **changes["metadata"]}
         await self.db.execute(
             (
                 UPDATE_ASSISTANT,
@@ -357,23 +366,26 @@ class Repository:
     ) -> dict[str, Any]:
         run_id = str(uuid.uuid4())
         stamp = now()
-        await self.db.execute(
-            (
-                INSERT_RUN,
+        try:
+            await self.db.execute(
                 (
-                    run_id,
-                    thread_id,
-                    assistant_id,
-                    user_id,
-                    json.dumps(kwargs),
-                    json.dumps(metadata or {}),
-                    device_id,
-                    stamp,
-                    stamp,
+                    INSERT_RUN,
+                    (
+                        run_id,
+                        thread_id,
+                        assistant_id,
+                        user_id,
+                        json.dumps(kwargs),
+                        json.dumps(metadata or {}),
+                        device_id,
+                        stamp,
+                        stamp,
+                    ),
                 ),
-            ),
-            (UPDATE_THREAD_STATUS, ("busy", stamp, thread_id)),
-        )
+                (UPDATE_THREAD_STATUS, ("busy", stamp, thread_id)),
+            )
+        except (sqlite3.IntegrityError, psycopg.errors.UniqueViolation) as exc:
+            raise ThreadBusy(thread_id) from exc
         run = await self.get_run(run_id)
         assert run is not None
         return run

@@ -58,6 +58,7 @@ class RunManager:
         self.worker_count = workers
         self.workers: list[asyncio.Task[None]] = []
         self.executing: dict[str, asyncio.Task[None]] = {}
+        self.cancelling: set[str] = set()
 
     # ── lifecycle ────────────────────────────────────────────────────────────
 
@@ -135,6 +136,9 @@ class RunManager:
                 run, "error", {}, RUN_FAILED.format(kind=type(exc).__name__, message=exc)
             )
             return
+        if run["run_id"] in self.cancelling:  # stopped at a step boundary: nothing more
+            self.cancelling.discard(run["run_id"])
+            return
         if resumed:
             await self.repo.consume_answers(
                 run_id=run["run_id"],
@@ -184,6 +188,8 @@ class RunManager:
             self.events.publish(run_id, str(mode), data)
             if mode == "custom" and isinstance(data, Mapping):
                 await self._progress_to_device(run, data)
+            if run_id in self.cancelling:
+                return
 
     async def _after(
         self, run: dict[str, Any], assistant: dict[str, Any], snapshot: StateSnapshot
@@ -286,9 +292,10 @@ class RunManager:
         devices = set(await self.repo.run_devices(run["run_id"]))
         if not await self.repo.cancel_run(run=run):
             return False
-        task = self.executing.get(run["run_id"])
-        if task is not None:
-            task.cancel()
+        if run["run_id"] in self.executing:
+            # Cooperative: the run stops at its next step boundary. Cancelling the task could
+            # interrupt a checkpoint write between its statement and its commit.
+            self.cancelling.add(run["run_id"])
         self.events.finish(run["run_id"])
         frame = RunComplete(run_context=_run_context(run), status="cancelled", counts={})
         for device_id in devices | ({run["device_id"]} if run["device_id"] else set()):

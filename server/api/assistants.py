@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from server.api.deps import CurrentUser, JSONBodyRoute, ServicesDep, not_found
 from server.runs import run_context
@@ -54,6 +54,11 @@ class AssistantSearch(BaseModel):
     metadata: dict[str, Any] | None = None
     limit: int = Field(default=10, ge=1, le=1000)
     offset: int = Field(default=0, ge=0)
+
+
+def state_jsonschema(graph: Any) -> dict[str, Any]:
+    """The graph's whole state (not only its output), as Studio shows a thread."""
+    return TypeAdapter(graph.builder.state_schema).json_schema()
 
 
 def default_assistant_id(user_id: str, graph_id: str) -> str:
@@ -177,8 +182,8 @@ async def update_assistant(
 
 @router.delete("/{assistant_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_assistant(assistant_id: str, user: CurrentUser, svc: ServicesDep) -> Response:
-    if not await svc.repo.delete_assistant(user_id=user, assistant_id=assistant_id):
-        raise not_found("Assistant", assistant_id)
+    assistant = await resolve_assistant(svc, user, assistant_id)
+    await svc.repo.delete_assistant(user_id=user, assistant_id=assistant["assistant_id"])
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -204,7 +209,7 @@ async def get_schemas(assistant_id: str, user: CurrentUser, svc: ServicesDep) ->
         "graph_id": assistant["graph_id"],
         "input_schema": graph.get_input_jsonschema(),
         "output_schema": graph.get_output_jsonschema(),
-        "state_schema": graph.get_output_jsonschema(),
+        "state_schema": state_jsonschema(graph),
         "config_schema": graph.config_schema().model_json_schema(),
         "context_schema": graph.get_context_jsonschema(),
     }

@@ -17,7 +17,7 @@ from server.api.assistants import resolve_assistant
 from server.api.deps import CurrentUser, JSONBodyRoute, ServicesDep, not_found
 from server.api.serialize import jsonable
 from server.api.threads import user_thread
-from server.repository import FINAL_STATUSES
+from server.repository import FINAL_STATUSES, ThreadBusy
 from server.runs import run_context
 from server.services import Services
 
@@ -101,14 +101,19 @@ async def create_run(svc: Services, user: str, thread_id: str, body: RunCreate) 
     kwargs = body.model_dump(
         include={"input", "command", "config", "context", "stream_mode"}, exclude_none=True
     )
-    return await svc.repo.create_run(
-        user_id=user,
-        thread_id=thread_id,
-        assistant_id=assistant["assistant_id"],
-        kwargs=kwargs,
-        metadata=body.metadata,
-        device_id=(assistant["context"] or {}).get("device_id") or None,
-    )
+    try:
+        return await svc.repo.create_run(
+            user_id=user,
+            thread_id=thread_id,
+            assistant_id=assistant["assistant_id"],
+            kwargs=kwargs,
+            metadata=body.metadata,
+            device_id=(assistant["context"] or {}).get("device_id") or None,
+        )
+    except ThreadBusy:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, THREAD_BUSY.format(thread_id=thread_id, run_id="another run")
+        ) from None
 
 
 async def _check_resumable(svc: Services, thread: dict[str, Any], thread_id: str) -> None:
