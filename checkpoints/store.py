@@ -9,7 +9,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
@@ -116,6 +116,29 @@ MIGRATIONS: Sequence[str] = (
     # at most one active run per thread, enforced by the database (concurrent creates)
     "CREATE UNIQUE INDEX IF NOT EXISTS runs_one_active ON runs (thread_id) "
     "WHERE status IN ('pending', 'running', 'interrupted')",
+    # ── schedules ──
+    """CREATE TABLE IF NOT EXISTS crons (
+        cron_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        assistant_id TEXT NOT NULL,
+        thread_id TEXT,
+        schedule TEXT NOT NULL,
+        timezone TEXT NOT NULL,
+        end_time TEXT,
+        enabled INTEGER NOT NULL,
+        payload TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        on_run_completed TEXT NOT NULL,
+        next_run_at TEXT,
+        overdue INTEGER NOT NULL DEFAULT 0,
+        last_run_at TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS crons_due ON crons (enabled, next_run_at)",
+    "ALTER TABLE runs ADD COLUMN cron_id TEXT",
+    "ALTER TABLE devices ADD COLUMN online_until TEXT",
+    "CREATE INDEX IF NOT EXISTS runs_device ON runs (user_id, device_id, status)",
 )
 
 SQLITE_BUSY_MS = 10_000
@@ -141,13 +164,22 @@ UPSERT_WATERMARK = (
 )
 
 
+class Transaction(Protocol):
+    """Reads and writes inside one open transaction."""
+
+    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]: ...
+    async def run(self, sql: str, *params: Any) -> int: ...
+
+
 class Database(Protocol):
-    """The two operations the stores need: read rows, and run statements in one transaction."""
+    """What the stores need: read rows, run statements in one transaction, or hold a
+    transaction open across reads and writes (`FOR UPDATE SKIP LOCKED` on Postgres)."""
 
     kind: str
 
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]: ...
     async def execute(self, *statements: tuple[str, Sequence[Any]]) -> int: ...
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
 
 
 class SqliteDatabase:
@@ -178,6 +210,45 @@ class SqliteDatabase:
                 raise
         return changed
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self.lock:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteTransaction(self.conn)
+            except BaseException:
+                await self.conn.rollback()
+                raise
+            await self.conn.commit()
+
+
+class _SqliteTransaction:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+
+    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        sql = sql.replace(" FOR UPDATE SKIP LOCKED", "")  # one writer at a time anyway
+        async with self.conn.execute(sql, params) as cursor:
+            names = [c[0] for c in cursor.description or []]
+            return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+
+    async def run(self, sql: str, *params: Any) -> int:
+        cursor = await self.conn.execute(sql, params)
+        return cursor.rowcount
+
+
+class _PostgresTransaction:
+    def __init__(self, conn: AsyncConnection[DictRow]) -> None:
+        self.conn = conn
+
+    async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        cursor = await self.conn.execute(sql.replace("?", "%s"), params)
+        return cast(list[dict[str, Any]], await cursor.fetchall())
+
+    async def run(self, sql: str, *params: Any) -> int:
+        cursor = await self.conn.execute(sql.replace("?", "%s"), params)
+        return cursor.rowcount
+
 
 class PostgresDatabase:
     """A psycopg pool; `?` placeholders become `%s`."""
@@ -200,6 +271,11 @@ class PostgresDatabase:
                 cursor = await conn.execute(sql.replace("?", "%s"), params)
                 changed = cursor.rowcount
         return changed
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self.pool.connection() as conn, conn.transaction():
+            yield _PostgresTransaction(conn)
 
 
 class AppStore:

@@ -54,6 +54,10 @@ class DeviceHub:
     def get(self, user_id: str, device_id: str) -> Connection | None:
         return self._connections.get((user_id, device_id))
 
+    def connected(self) -> list[tuple[str, str]]:
+        """Every (user, device) connected to this process."""
+        return list(self._connections)
+
     def connected_devices(self, user_id: str) -> list[str]:
         return sorted(d for (u, d) in self._connections if u == user_id)
 

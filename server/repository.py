@@ -20,8 +20,13 @@ from checkpoints import Database
 from device.protocol import make_device_token
 
 
+def iso(moment: datetime) -> str:
+    """A fixed-width UTC timestamp: text order is time order, on SQLite and Postgres alike."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
 def now() -> str:
-    return datetime.now(UTC).isoformat()
+    return iso(datetime.now(UTC))
 
 
 def _hash(secret: str) -> str:
@@ -81,7 +86,7 @@ SEARCH_THREADS = f"SELECT {THREAD_COLUMNS} FROM threads WHERE user_id = ?"
 
 RUN_COLUMNS = (
     "run_id, thread_id, assistant_id, user_id, status, kwargs, metadata, device_id, error, "
-    "counts, created_at, updated_at, started_at, finished_at"
+    "counts, created_at, updated_at, started_at, finished_at, cron_id"
 )
 INSERT_RUN = (
     "INSERT INTO runs (run_id, thread_id, assistant_id, user_id, status, kwargs, metadata, "
@@ -161,6 +166,44 @@ DELETE_RUN_INBOX = "DELETE FROM device_inbox WHERE run_id = ?"
 RUN_DEVICES = (
     "SELECT DISTINCT device_id FROM device_calls WHERE run_id = ? AND device_id IS NOT NULL"
 )
+
+# ── Schedules, presence, sequencing, watermarks ───────────────────────────────
+
+CRON_COLUMNS = (
+    "cron_id, user_id, assistant_id, thread_id, schedule, timezone, end_time, enabled, payload, "
+    "metadata, on_run_completed, next_run_at, overdue, last_run_at, created_at, updated_at"
+)
+INSERT_CRON = f"INSERT INTO crons ({CRON_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+SELECT_CRON = f"SELECT {CRON_COLUMNS} FROM crons WHERE cron_id = ? AND user_id = ?"
+SEARCH_CRONS = f"SELECT {CRON_COLUMNS} FROM crons WHERE user_id = ?"
+UPDATE_CRON = (
+    "UPDATE crons SET schedule = ?, timezone = ?, end_time = ?, enabled = ?, payload = ?, "
+    "metadata = ?, on_run_completed = ?, next_run_at = ?, overdue = 0, updated_at = ? "
+    "WHERE cron_id = ? AND user_id = ?"
+)
+DELETE_CRON = "DELETE FROM crons WHERE cron_id = ? AND user_id = ?"
+SELECT_CRON_BY_ID = f"SELECT {CRON_COLUMNS} FROM crons WHERE cron_id = ?"
+SET_ONLINE = "UPDATE devices SET online_until = ? WHERE user_id = ? AND device_id = ?"
+EARLIER_DEVICE_RUN = (
+    "SELECT run_id FROM runs WHERE user_id = ? AND device_id = ? AND cron_id IS NOT NULL "
+    "AND status IN ('pending', 'running', 'interrupted') AND run_id <> ? "
+    "AND (created_at < ? OR (created_at = ? AND run_id < ?)) LIMIT 1"
+)
+NEXT_DEVICE_RUN = (
+    "SELECT run_id FROM runs WHERE user_id = ? AND device_id = ? AND cron_id IS NOT NULL "
+    "AND status = 'pending' ORDER BY created_at, run_id LIMIT 1"
+)
+STALE_PENDING = "SELECT run_id FROM runs WHERE status = 'pending' AND created_at < ?"
+ASSISTANT_RUNS = (
+    f"SELECT {RUN_COLUMNS} FROM runs WHERE assistant_id = ? AND user_id = ? "
+    "ORDER BY created_at DESC"
+)
+SELECT_ASSISTANT_WATERMARK = "SELECT modified_since FROM relaygraph_watermarks WHERE agent_key = ?"
+UPSERT_ASSISTANT_WATERMARK = (
+    "INSERT INTO relaygraph_watermarks (agent_key, modified_since) VALUES (?, ?) "
+    "ON CONFLICT (agent_key) DO UPDATE SET modified_since = excluded.modified_since"
+)
+
 
 AnswerOutcome = Literal["stored", "duplicate", "late", "unknown"]
 
@@ -536,6 +579,132 @@ class Repository:
     async def run_devices(self, run_id: str) -> list[str]:
         return [str(r["device_id"]) for r in await self.db.fetch(RUN_DEVICES, run_id)]
 
+    # schedules
+
+    async def create_cron(self, *, cron: dict[str, Any]) -> dict[str, Any]:
+        stamp = now()
+        await self.db.execute(
+            (
+                INSERT_CRON,
+                (
+                    cron["cron_id"],
+                    cron["user_id"],
+                    cron["assistant_id"],
+                    cron.get("thread_id"),
+                    cron["schedule"],
+                    cron["timezone"],
+                    cron.get("end_time"),
+                    int(cron["enabled"]),
+                    json.dumps(cron["payload"]),
+                    json.dumps(cron["metadata"]),
+                    cron["on_run_completed"],
+                    cron.get("next_run_at"),
+                    0,
+                    None,
+                    stamp,
+                    stamp,
+                ),
+            )
+        )
+        found = await self.get_cron(user_id=cron["user_id"], cron_id=cron["cron_id"])
+        assert found is not None
+        return found
+
+    async def get_cron(self, *, user_id: str, cron_id: str) -> dict[str, Any] | None:
+        rows = await self.db.fetch(SELECT_CRON, cron_id, user_id)
+        return _cron(rows[0]) if rows else None
+
+    async def cron_by_id(self, cron_id: str) -> dict[str, Any] | None:
+        rows = await self.db.fetch(SELECT_CRON_BY_ID, cron_id)
+        return _cron(rows[0]) if rows else None
+
+    async def update_cron(self, *, user_id: str, cron: dict[str, Any]) -> None:
+        await self.db.execute(
+            (
+                UPDATE_CRON,
+                (
+                    cron["schedule"],
+                    cron["timezone"],
+                    cron.get("end_time"),
+                    int(cron["enabled"]),
+                    json.dumps(cron["payload"]),
+                    json.dumps(cron["metadata"]),
+                    cron["on_run_completed"],
+                    cron.get("next_run_at"),
+                    now(),
+                    cron["cron_id"],
+                    user_id,
+                ),
+            )
+        )
+
+    async def delete_cron(self, *, user_id: str, cron_id: str) -> bool:
+        return bool(await self.db.execute((DELETE_CRON, (cron_id, user_id))))
+
+    async def search_crons(
+        self,
+        *,
+        user_id: str,
+        assistant_id: str | None,
+        thread_id: str | None,
+        enabled: bool | None,
+    ) -> list[dict[str, Any]]:
+        rows = [
+            _cron(r) for r in await self.db.fetch(SEARCH_CRONS + " ORDER BY created_at", user_id)
+        ]
+        return [
+            r
+            for r in rows
+            if (assistant_id is None or r["assistant_id"] == assistant_id)
+            and (thread_id is None or r["thread_id"] == thread_id)
+            and (enabled is None or r["enabled"] == enabled)
+        ]
+
+    # device presence, shared by every server process through the database
+
+    async def set_online(self, *, user_id: str, device_id: str, until: str | None) -> None:
+        await self.db.execute((SET_ONLINE, (until, user_id, device_id)))
+
+    # runs of one device, one after another (scheduled runs)
+
+    async def earlier_device_run(self, run: dict[str, Any]) -> str | None:
+        rows = await self.db.fetch(
+            EARLIER_DEVICE_RUN,
+            run["user_id"],
+            run["device_id"],
+            run["run_id"],
+            run["created_at"],
+            run["created_at"],
+            run["run_id"],
+        )
+        return str(rows[0]["run_id"]) if rows else None
+
+    async def next_device_run(self, *, user_id: str, device_id: str) -> str | None:
+        rows = await self.db.fetch(NEXT_DEVICE_RUN, user_id, device_id)
+        return str(rows[0]["run_id"]) if rows else None
+
+    async def stale_pending_runs(self, *, before: str) -> list[str]:
+        return [str(r["run_id"]) for r in await self.db.fetch(STALE_PENDING, before)]
+
+    # run history and watermarks per assistant
+
+    async def assistant_runs(
+        self, *, user_id: str, assistant_id: str, status: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        rows = [_run(r) for r in await self.db.fetch(ASSISTANT_RUNS, assistant_id, user_id)]
+        if status:
+            rows = [r for r in rows if r["status"] == status]
+        return rows[offset : offset + limit]
+
+    async def assistant_watermark(self, assistant_id: str) -> str | None:
+        rows = await self.db.fetch(SELECT_ASSISTANT_WATERMARK, f"assistant:{assistant_id}")
+        return str(rows[0]["modified_since"]) if rows else None
+
+    async def set_assistant_watermark(self, *, assistant_id: str, watermark: str) -> None:
+        await self.db.execute(
+            (UPSERT_ASSISTANT_WATERMARK, (f"assistant:{assistant_id}", watermark))
+        )
+
 
 def _matches(values: dict[str, Any], wanted: dict[str, Any] | None) -> bool:
     return all(values.get(k) == v for k, v in (wanted or {}).items())
@@ -585,8 +754,17 @@ def _run(row: dict[str, Any]) -> dict[str, Any]:
         "updated_at": row["updated_at"],
         "started_at": row["started_at"],
         "finished_at": row["finished_at"],
+        "cron_id": row.get("cron_id"),
+        "duration_ms": _duration_ms(row["started_at"], row["finished_at"]),
         "multitask_strategy": "reject",
     }
+
+
+def _duration_ms(started: str | None, finished: str | None) -> int | None:
+    if not started or not finished:
+        return None
+    delta = datetime.fromisoformat(finished) - datetime.fromisoformat(started)
+    return int(delta.total_seconds() * 1000)
 
 
 def _call(row: dict[str, Any]) -> PendingCall:
@@ -600,3 +778,24 @@ def _call(row: dict[str, Any]) -> PendingCall:
         name=str(row["name"]),
         args=_loads(row["args"]),
     )
+
+
+def _cron(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "cron_id": row["cron_id"],
+        "user_id": row["user_id"],
+        "assistant_id": row["assistant_id"],
+        "thread_id": row["thread_id"],
+        "schedule": row["schedule"],
+        "timezone": row["timezone"],
+        "end_time": row["end_time"],
+        "enabled": bool(row["enabled"]),
+        "payload": _loads(row["payload"]),
+        "metadata": _loads(row["metadata"]),
+        "on_run_completed": row["on_run_completed"],
+        "next_run_date": row["next_run_at"],
+        "overdue": bool(row["overdue"]),
+        "last_run_at": row["last_run_at"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
