@@ -8,13 +8,14 @@ from langchain_core.language_models import BaseChatModel
 
 from checkpoints import open_checkpointers, open_database
 from llm import load_chat_model
-from server.api import assistants, devices, runs, system, threads
+from server.api import assistants, crons, devices, runs, system, threads
 from server.events import RunEvents
 from server.graphs import GraphRegistry
 from server.hub import DeviceHub
 from server.locks import ThreadLocks
 from server.repository import Repository
 from server.runs import RunManager
+from server.scheduler import Scheduler
 from server.services import Services
 from server.settings import Settings
 
@@ -53,10 +54,16 @@ def create_app(settings: Settings | None = None, *, model: BaseChatModel | None 
                 runs=manager,
                 model_label=choice.label,
             )
+            scheduler = Scheduler(
+                db=db, runs=manager, hub=hub, interval=settings.scheduler_interval
+            )
+            app.state.services.scheduler = scheduler
             await manager.start()
+            await scheduler.start()
             try:
                 yield
             finally:
+                await scheduler.stop()
                 await manager.stop()
 
     app = FastAPI(
@@ -64,6 +71,6 @@ def create_app(settings: Settings | None = None, *, model: BaseChatModel | None 
         description="LangGraph agents whose tools act on the user's device.",
         lifespan=lifespan,
     )
-    for module in (system, assistants, threads, runs, devices):
+    for module in (system, assistants, threads, runs, crons, devices):
         app.include_router(module.router)
     return app

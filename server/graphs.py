@@ -28,6 +28,7 @@ class GraphRegistry:
     """
 
     def __init__(self, model: BaseChatModel, savers: Sequence[BaseCheckpointSaver]) -> None:
+        self._savers = list(savers)
         built = {graph_id: build(model) for graph_id, build in BUILDERS.items()}
         self._copies = {
             graph_id: [graph.copy(update={"checkpointer": saver}) for saver in savers]
@@ -43,8 +44,13 @@ class GraphRegistry:
 
     def for_thread(self, graph_id: str, thread_id: str) -> Pregel[Any, Any, Any, Any]:
         """The copy whose checkpointer serves this thread."""
-        copies = self._copies[graph_id]
-        return copies[zlib.crc32(thread_id.encode()) % len(copies)]
+        return self._copies[graph_id][self._index(thread_id)]
+
+    def saver_for(self, thread_id: str) -> BaseCheckpointSaver:
+        return self._savers[self._index(thread_id)]
+
+    def _index(self, thread_id: str) -> int:
+        return zlib.crc32(thread_id.encode()) % len(self._savers)
 
     def get_for_thread(self, graph_id: object, thread_id: str) -> Pregel[Any, Any, Any, Any] | None:
         if not isinstance(graph_id, str) or graph_id not in self._copies:

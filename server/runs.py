@@ -38,6 +38,8 @@ RECURSION_LIMIT = 200
 RUN_ID_KEY = "relaygraph_run_id"
 CONTEXT = TypeAdapter(AgentContext)
 RUN_FAILED = "{kind}: {message}"
+#: The graph whose "modified since" watermark is kept per assistant.
+WATERMARKED_GRAPH = "local_agent"
 
 
 class RunManager:
@@ -119,7 +121,9 @@ class RunManager:
             await self._finish(run, "error", {}, f"Invalid context: {exc}")
             return
         snapshot = await graph.aget_state(config)
-        payload, resumed = await self._next_payload(run, snapshot)
+        if await self._waits_for_its_device(run):
+            return
+        payload, resumed = await self._next_payload(run, assistant, snapshot)
         if payload is _WAIT:
             await self._park(run, snapshot)
             return
@@ -148,7 +152,16 @@ class RunManager:
         snapshot = await graph.aget_state(config)
         await self._after(run, assistant, snapshot)
 
-    async def _next_payload(self, run: dict[str, Any], snapshot: StateSnapshot) -> tuple[Any, bool]:
+    async def _waits_for_its_device(self, run: dict[str, Any]) -> bool:
+        """Scheduled runs of one device start one after another: a run that has not started
+        waits (pending) while an earlier one of its device is active."""
+        if not run["cron_id"] or not run["device_id"] or run["started_at"]:
+            return False
+        return await self.repo.earlier_device_run(run) is not None
+
+    async def _next_payload(
+        self, run: dict[str, Any], assistant: dict[str, Any], snapshot: StateSnapshot
+    ) -> tuple[Any, bool]:
         """(what to stream, whether it resumes device answers); `_WAIT` when answers are
         still missing."""
         started = (
@@ -158,7 +171,12 @@ class RunManager:
             kwargs = run["kwargs"]
             if kwargs.get("command") is not None:
                 return Command(**command_fields(kwargs["command"])), False
-            return kwargs.get("input") or {}, False
+            graph_input = dict(kwargs.get("input") or {})
+            if assistant["graph_id"] == WATERMARKED_GRAPH and "modified_since" not in graph_input:
+                graph_input["modified_since"] = await self.repo.assistant_watermark(
+                    assistant["assistant_id"]
+                )
+            return graph_input, False
         device = [i for i in snapshot.interrupts if is_device_request(i.value)]
         if not device:
             return None, False  # killed mid-step: continue from the last checkpoint
@@ -196,6 +214,11 @@ class RunManager:
     ) -> None:
         if not snapshot.next:
             status, counts, error = outcome_of(dict(snapshot.values))
+            watermark = (snapshot.values.get("report") or {}).get("watermark")
+            if status in ("success", "partial") and watermark:
+                await self.repo.set_assistant_watermark(
+                    assistant_id=assistant["assistant_id"], watermark=watermark
+                )
             await self._finish(run, status, counts, error)
             return
         if any(is_device_request(i.value) for i in snapshot.interrupts):
@@ -276,6 +299,22 @@ class RunManager:
         frame = RunComplete(run_context=_run_context(run), status=status, counts=counts)
         for device_id in devices:
             await self.hub.send(run["user_id"], device_id, frame)
+        await self._after_finish(run)
+
+    async def _after_finish(self, run: dict[str, Any]) -> None:
+        """A scheduled run's thread goes if its cron says `delete`; its device's next
+        scheduled run starts."""
+        if run["cron_id"]:
+            cron = await self.repo.cron_by_id(run["cron_id"])
+            if cron and cron["thread_id"] is None and cron["on_run_completed"] == "delete":
+                await self.repo.delete_thread(user_id=run["user_id"], thread_id=run["thread_id"])
+                await self.graphs.saver_for(run["thread_id"]).adelete_thread(run["thread_id"])
+        if run["device_id"]:
+            following = await self.repo.next_device_run(
+                user_id=run["user_id"], device_id=run["device_id"]
+            )
+            if following is not None:
+                self.enqueue(following)
 
     # ── answers and cancellation ─────────────────────────────────────────────
 
@@ -297,6 +336,7 @@ class RunManager:
             # interrupt a checkpoint write between its statement and its commit.
             self.cancelling.add(run["run_id"])
         self.events.finish(run["run_id"])
+        await self._after_finish(run)
         frame = RunComplete(run_context=_run_context(run), status="cancelled", counts={})
         for device_id in devices | ({run["device_id"]} if run["device_id"] else set()):
             await self.hub.send(run["user_id"], device_id, frame)

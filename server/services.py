@@ -1,6 +1,7 @@
 """The objects a running server shares, built once at start-up."""
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
@@ -10,6 +11,9 @@ from server.hub import DeviceHub
 from server.repository import Repository
 from server.runs import RunManager
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.scheduler import Scheduler
 
 
 @dataclass
@@ -24,3 +28,4 @@ class Services:
     events: RunEvents
     runs: RunManager
     model_label: str
+    scheduler: "Scheduler | None" = None

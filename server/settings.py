@@ -33,6 +33,7 @@ class Settings(BaseSettings):
         description="Postgres checkpointers; each runs one operation at a time.",
     )
     production: bool = Field(default=False, description="Refuse the embedded defaults.")
+    scheduler_interval: float = Field(default=5.0, gt=0, description="Seconds between ticks.")
     hello_timeout: float = Field(default=10.0, gt=0, description="Seconds to say device_hello.")
 
     @model_validator(mode="after")

@@ -200,6 +200,26 @@ async def get_graph(
     return dict(drawing)
 
 
+@router.get("/{assistant_id}/runs")
+async def assistant_runs(
+    assistant_id: str,
+    user: CurrentUser,
+    svc: ServicesDep,
+    status_filter: Annotated[str | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[dict[str, Any]]:
+    """The assistant's run log, newest first: status, counts, errors and durations."""
+    assistant = await resolve_assistant(svc, user, assistant_id)
+    return await svc.repo.assistant_runs(
+        user_id=user,
+        assistant_id=assistant["assistant_id"],
+        status=status_filter,
+        limit=limit,
+        offset=offset,
+    )
+
+
 @router.get("/{assistant_id}/schemas")
 async def get_schemas(assistant_id: str, user: CurrentUser, svc: ServicesDep) -> dict[str, Any]:
     """JSON Schemas of the graph's input, output, state and context."""

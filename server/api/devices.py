@@ -49,11 +49,15 @@ async def connect(socket: WebSocket) -> None:
         await connection.send(HelloOk(device_id=connection.device_id, pending=len(pending)))
         for call in pending:
             await svc.runs.push(connection.user_id, call)
+        if svc.scheduler is not None:  # overdue schedules of this device fire now
+            await svc.scheduler.device_connected(connection.user_id, connection.device_id)
         await _answers(socket, svc, connection)
     except WebSocketDisconnect:
         pass
     finally:
         svc.hub.unregister(connection)
+        if svc.scheduler is not None:
+            await svc.scheduler.device_disconnected(connection.user_id, connection.device_id)
 
 
 async def _hello(socket: WebSocket, svc: Services) -> Connection | None:

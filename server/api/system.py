@@ -25,5 +25,5 @@ async def info(svc: ServicesDep) -> dict[str, Any]:
         "graphs": svc.graphs.ids(),
         "model": svc.model_label,
         "storage": svc.repo.db.kind,
-        "flags": {"assistants": True, "crons": False, "device_protocol": 1},
+        "flags": {"assistants": True, "crons": True, "device_protocol": 1},
     }
