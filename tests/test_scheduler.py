@@ -1,0 +1,208 @@
+"""The scheduler with an injected clock, no sleeping, on SQLite and a real Postgres."""
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+
+from checkpoints import open_database
+from checkpoints.store import Database
+from server.events import RunEvents
+from server.graphs import GraphRegistry
+from server.hub import DeviceHub
+from server.locks import ThreadLocks
+from server.repository import Repository, iso
+from server.runs import RunManager
+from server.schedule import next_fire, parse_schedule
+from server.scheduler import Scheduler
+from tests.support.scripted import ScriptedChatModel
+
+USER = "ana"
+FAR_FUTURE = iso(datetime(2100, 1, 1, tzinfo=UTC))
+
+
+class Clock:
+    """Time that moves only when the test says so."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class World:
+    db: Database
+    repo: Repository
+    runs: RunManager
+    scheduler: Scheduler
+    clock: Clock
+
+    async def assistant(self, device_id: str | None = "laptop") -> str:
+        context = {"directory_paths": ["/tmp/x"], **({"device_id": device_id} if device_id else {})}
+        assistant, _ = await self.repo.create_assistant(
+            user_id=USER, graph_id="agentic_loop", context=context
+        )
+        return str(assistant["assistant_id"])
+
+    async def cron(self, assistant_id: str, expr: str, tz: str = "UTC") -> str:
+        schedule = parse_schedule(expr, tz)
+        first = next_fire(schedule, self.clock())
+        cron = await self.repo.create_cron(
+            cron={
+                "cron_id": str(uuid.uuid4()),
+                "user_id": USER,
+                "assistant_id": assistant_id,
+                "thread_id": None,
+                "schedule": expr,
+                "timezone": tz,
+                "end_time": None,
+                "enabled": True,
+                "payload": {"input": {"task": "check"}},
+                "metadata": {},
+                "on_run_completed": "keep",
+                "next_run_at": iso(first) if first else None,
+            }
+        )
+        return str(cron["cron_id"])
+
+    async def online(self, device_id: str = "laptop") -> None:
+        await self.repo.add_device(user_id=USER, device_id=device_id)
+        await self.repo.set_online(user_id=USER, device_id=device_id, until=FAR_FUTURE)
+
+    async def cron_runs(self) -> list[dict[str, object]]:
+        return await self.db.fetch(
+            "SELECT run_id, cron_id, device_id, created_at FROM runs WHERE cron_id IS NOT NULL "
+            "ORDER BY created_at"
+        )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
+    url = (
+        str(request.getfixturevalue("postgres_url"))
+        if request.param == "postgres"
+        else str(tmp_path / "state.db")
+    )
+    async with open_database(url) as db:
+        yield _world(db, Clock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC)))
+
+
+def _world(db: Database, clock: Clock) -> World:
+    repo = Repository(db)
+    hub = DeviceHub()
+    runs = RunManager(
+        repo=repo,
+        graphs=GraphRegistry(ScriptedChatModel(), [InMemorySaver()]),
+        hub=hub,
+        events=RunEvents(),
+        locks=ThreadLocks(db),
+        workers=1,
+    )  # workers never started: the test reads what was queued and stored
+    return World(db, repo, runs, Scheduler(db=db, runs=runs, hub=hub, clock=clock), clock)
+
+
+async def test_missed_ticks_coalesce_into_one_run(world: World) -> None:
+    await world.online()
+    cron_id = await world.cron(await world.assistant(), "*/5 * * * *")
+    world.clock.now += timedelta(hours=3)  # 36 ticks missed
+
+    fired = await world.scheduler.tick()
+
+    assert len(fired) == 1 and world.runs.queue.qsize() == 1
+    cron = await world.repo.cron_by_id(cron_id)
+    assert cron is not None and cron["next_run_date"] > iso(world.clock.now)
+    assert await world.scheduler.tick() == []
+    world.clock.now += timedelta(minutes=5)
+    assert len(await world.scheduler.tick()) == 1
+
+
+@pytest.mark.parametrize(
+    ("start", "day"),
+    [
+        (datetime(2026, 3, 28, 22, 0, tzinfo=UTC), "2026-03-29"),  # 02:00 -> 03:00
+        (datetime(2026, 10, 24, 22, 0, tzinfo=UTC), "2026-10-25"),
+    ],  # 03:00 -> 02:00
+    ids=["spring-forward", "fall-back"],
+)
+async def test_a_local_time_fires_once_across_daylight_saving_changes(
+    world: World, start: datetime, day: str
+) -> None:
+    await world.online()
+    world.clock.now = start
+    await world.cron(await world.assistant(), "30 2 * * *", "Europe/Berlin")
+    fired_at = []
+    while world.clock.now < start + timedelta(hours=26):
+        world.clock.now += timedelta(minutes=10)
+        if await world.scheduler.tick():
+            fired_at.append(
+                world.clock.now.astimezone(parse_schedule("* * * * *", "Europe/Berlin").zone)
+            )
+    assert len(fired_at) == 1, fired_at
+    assert fired_at[0].date().isoformat() == day
+
+
+async def test_an_offline_device_makes_the_cron_overdue_until_its_hello(world: World) -> None:
+    await world.repo.add_device(user_id=USER, device_id="laptop")
+    cron_id = await world.cron(await world.assistant(), "0 * * * *")
+    world.clock.now += timedelta(hours=5)
+
+    assert await world.scheduler.tick() == []
+    cron = await world.repo.cron_by_id(cron_id)
+    assert cron is not None and cron["overdue"] is True
+
+    await world.scheduler.device_connected(USER, "laptop")  # what device_hello calls
+
+    runs = await world.cron_runs()
+    assert [r["cron_id"] for r in runs] == [cron_id]
+    assert runs[0]["device_id"] == "laptop"
+    cron = await world.repo.cron_by_id(cron_id)
+    assert cron is not None and cron["overdue"] is False
+    assert await world.scheduler.tick() == []
+
+
+async def test_an_unbound_assistant_runs_on_any_connected_device(world: World) -> None:
+    await world.online("desktop")
+    await world.cron(await world.assistant(device_id=None), "0 * * * *")
+    world.clock.now += timedelta(hours=1)
+    await world.scheduler.tick()
+    assert [r["device_id"] for r in await world.cron_runs()] == ["desktop"]
+
+
+async def test_scheduled_runs_of_one_device_start_one_after_another(world: World) -> None:
+    await world.online()
+    assistant = await world.assistant()
+    await world.cron(assistant, "0 * * * *")
+    await world.cron(assistant, "0 * * * *")
+    world.clock.now += timedelta(hours=1)
+    fired = await world.scheduler.tick()
+    assert len(fired) == 2
+    first, second = [await world.repo.get_run(r) for r in fired]
+    assert first is not None and second is not None
+    ordered = sorted([first, second], key=lambda r: (r["created_at"], r["run_id"]))
+    assert await world.runs._waits_for_its_device(ordered[0]) is False
+    assert await world.runs._waits_for_its_device(ordered[1]) is True
+
+
+async def test_two_schedulers_on_one_postgres_fire_each_due_tick_exactly_once(
+    postgres_url: str,
+) -> None:
+    clock = Clock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
+    async with open_database(postgres_url) as db_a, open_database(postgres_url) as db_b:
+        a, b = _world(db_a, clock), _world(db_b, clock)
+        await a.online()
+        assistant = await a.assistant()
+        crons = [await a.cron(assistant, "*/10 * * * *") for _ in range(25)]
+        for _ in range(4):  # 4 rounds x 25 crons = 100 due ticks
+            clock.now += timedelta(minutes=10)
+            await asyncio.gather(*(s.scheduler.tick() for s in (a, b, a, b)))
+        per_cron = Counter(r["cron_id"] for r in await a.cron_runs())
+    assert sum(per_cron.values()) == 100
+    assert per_cron == dict.fromkeys(crons, 4)
