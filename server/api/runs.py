@@ -4,11 +4,13 @@ A run that waits on its device stays one run (status `interrupted`) until the jo
 `wait` and `join` return its final result however many device round trips it took.
 """
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -79,8 +81,6 @@ async def create_run(svc: Services, user: str, thread_id: str, body: RunCreate) 
     try:
         run_context(assistant, {"context": body.context})
     except ValidationError as exc:
-        from fastapi.exceptions import RequestValidationError
-
         raise RequestValidationError(
             [{**e, "loc": ("body", "context", *e["loc"])} for e in exc.errors()]
         ) from exc
@@ -211,8 +211,6 @@ async def _sse(
 
 
 async def _next(queue: Any) -> tuple[str, Any]:
-    import asyncio
-
     result: tuple[str, Any] = await asyncio.wait_for(queue.get(), POLL_SECONDS * 5)
     return result
 
