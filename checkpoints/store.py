@@ -139,6 +139,7 @@ MIGRATIONS: Sequence[str] = (
     "ALTER TABLE runs ADD COLUMN cron_id TEXT",
     "ALTER TABLE devices ADD COLUMN online_until TEXT",
     "CREATE INDEX IF NOT EXISTS runs_device ON runs (user_id, device_id, status)",
+    "ALTER TABLE device_calls ADD COLUMN pushed_at TEXT",
 )
 
 SQLITE_BUSY_MS = 10_000

@@ -149,6 +149,13 @@ PENDING_FOR_RUN = (
 BIND_UNBOUND = (
     "UPDATE device_calls SET device_id = ? WHERE user_id = ? AND device_id IS NULL AND done = 0"
 )
+UNPUSHED_FOR_DEVICE = (
+    f"SELECT {CALL_COLUMNS}, r.assistant_id FROM device_calls c JOIN runs r ON r.run_id = c.run_id "
+    "WHERE c.user_id = ? AND c.device_id = ? AND c.done = 0 AND c.pushed_at IS NULL "
+    "AND NOT EXISTS (SELECT 1 FROM device_inbox i WHERE i.call_id = c.call_id) "
+    "ORDER BY c.created_at, c.seq"
+)
+MARK_PUSHED = "UPDATE device_calls SET pushed_at = ? WHERE call_id = ?"
 SELECT_CALL = "SELECT call_id, run_id, user_id, device_id, done FROM device_calls WHERE call_id = ?"
 INSERT_ANSWER = (
     "INSERT INTO device_inbox (call_id, run_id, ok, payload, received_at) VALUES (?, ?, ?, ?, ?) "
@@ -528,6 +535,16 @@ class Repository:
         """Calls waiting for this device, unbound calls of its user included (and now bound)."""
         await self.db.execute((BIND_UNBOUND, (device_id, user_id)))
         return [_call(r) for r in await self.db.fetch(PENDING_FOR_DEVICE, user_id, device_id)]
+
+    async def unpushed_for_device(self, *, user_id: str, device_id: str) -> list[PendingCall]:
+        """Calls for this device that no process could send yet (parked by a process that
+        does not hold its socket); unbound calls of its user are bound to it first."""
+        await self.db.execute((BIND_UNBOUND, (device_id, user_id)))
+        rows = await self.db.fetch(UNPUSHED_FOR_DEVICE, user_id, device_id)
+        return [_call(r) for r in rows]
+
+    async def mark_pushed(self, call_id: str) -> None:
+        await self.db.execute((MARK_PUSHED, (now(), call_id)))
 
     async def pending_for_run(self, run_id: str) -> list[PendingCall]:
         return [_call(r) for r in await self.db.fetch(PENDING_FOR_RUN, run_id)]

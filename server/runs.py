@@ -261,7 +261,10 @@ class RunManager:
                 run_id=call.run_id, thread_id=call.thread_id, assistant_id=call.assistant_id
             ),
         )
-        return await self.hub.send(user_id, call.device_id, frame)
+        sent = await self.hub.send(user_id, call.device_id, frame)
+        if sent:
+            await self.repo.mark_pushed(call.call_id)
+        return sent
 
     async def _progress_to_device(self, run: dict[str, Any], data: Mapping[str, Any]) -> None:
         device_id = run["device_id"] or self._any_device(run["user_id"])

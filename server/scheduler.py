@@ -93,8 +93,8 @@ class Scheduler:
         while True:
             try:
                 await self.tick()
-            except (OSError, RuntimeError) as exc:  # a database hiccup: try again next tick
-                log.warning("scheduler tick failed: %s", exc)
+            except Exception as exc:  # the service's boundary: any failure, try next tick
+                log.warning("scheduler tick failed: %r", exc, exc_info=exc)
             await asyncio.sleep(self.interval)
 
     async def device_connected(self, user_id: str, device_id: str) -> None:
@@ -114,6 +114,10 @@ class Scheduler:
             until = iso(now + timedelta(seconds=self.presence_ttl))
             for user_id, device_id in self.hub.connected():
                 await self.runs.repo.set_online(user_id=user_id, device_id=device_id, until=until)
+                for call in await self.runs.repo.unpushed_for_device(
+                    user_id=user_id, device_id=device_id
+                ):
+                    await self.runs.push(user_id, call)
             fired = await self._fire_due(now)
             for run_id in fired:
                 self.runs.enqueue(run_id)
@@ -139,10 +143,14 @@ class Scheduler:
                     await tx.run(DISABLE, stamp, cron["cron_id"])
                     continue
                 context = json.loads(assistant[0]["context"] or "{}")
-                device_id = await self._device_for(tx, cron["user_id"], context, stamp)
+                online = [
+                    r["device_id"] for r in await tx.fetch(ONLINE_DEVICES, cron["user_id"], stamp)
+                ]
+                device_id = self._device_for(cron["user_id"], context, online)
                 if device_id is None:
-                    await tx.run(MARK_OVERDUE, cron["cron_id"])
-                    continue
+                    if not self._online_elsewhere(context, online):
+                        await tx.run(MARK_OVERDUE, cron["cron_id"])
+                    continue  # left due: the process holding the device's socket fires it
                 run_id = await self._create_run(tx, cron, assistant[0], device_id, stamp)
                 await tx.run(
                     ADVANCE,
@@ -155,14 +163,20 @@ class Scheduler:
                     fired.append(run_id)
         return fired
 
-    async def _device_for(
-        self, tx: Any, user_id: str, context: dict[str, Any], stamp: str
-    ) -> str | None:
-        online = [r["device_id"] for r in await tx.fetch(ONLINE_DEVICES, user_id, stamp)]
+    def _device_for(self, user_id: str, context: dict[str, Any], online: list[str]) -> str | None:
+        """The device a scheduled run goes to: the bound one, else any of the user's; only
+        a device connected to this process, so its calls can be pushed right away."""
+        here = set(self.hub.connected_devices(user_id))
         bound = context.get("device_id")
         if bound:
-            return str(bound) if bound in online else None
-        return str(online[0]) if online else None
+            return str(bound) if bound in online and bound in here else None
+        candidates = [d for d in online if d in here]
+        return str(candidates[0]) if candidates else None
+
+    @staticmethod
+    def _online_elsewhere(context: dict[str, Any], online: list[str]) -> bool:
+        bound = context.get("device_id")
+        return bound in online if bound else bool(online)
 
     async def _create_run(
         self, tx: Any, cron: dict[str, Any], assistant: dict[str, Any], device_id: str, stamp: str

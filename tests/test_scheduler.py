@@ -7,15 +7,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
+from fastapi import WebSocket
 from langgraph.checkpoint.memory import InMemorySaver
+from starlette.websockets import WebSocketState
 
 from checkpoints import open_database
 from checkpoints.store import Database
 from server.events import RunEvents
 from server.graphs import GraphRegistry
-from server.hub import DeviceHub
+from server.hub import Connection, DeviceHub
 from server.locks import ThreadLocks
 from server.repository import Repository, iso
 from server.runs import RunManager
@@ -25,6 +28,12 @@ from tests.support.scripted import ScriptedChatModel
 
 USER = "ana"
 FAR_FUTURE = iso(datetime(2100, 1, 1, tzinfo=UTC))
+
+
+class ClosedSocket:
+    """Stands in for a device's socket; sends are skipped (nothing is pushed in these tests)."""
+
+    application_state = WebSocketState.DISCONNECTED
 
 
 class Clock:
@@ -74,7 +83,9 @@ class World:
         return str(cron["cron_id"])
 
     async def online(self, device_id: str = "laptop") -> None:
+        """The device is connected to this process (a socket in its hub) and present."""
         await self.repo.add_device(user_id=USER, device_id=device_id)
+        self.runs.hub.register(Connection(USER, device_id, cast(WebSocket, ClosedSocket())))
         await self.repo.set_online(user_id=USER, device_id=device_id, until=FAR_FUTURE)
 
     async def cron_runs(self) -> list[dict[str, object]]:
@@ -158,6 +169,7 @@ async def test_an_offline_device_makes_the_cron_overdue_until_its_hello(world: W
     cron = await world.repo.cron_by_id(cron_id)
     assert cron is not None and cron["overdue"] is True
 
+    world.runs.hub.register(Connection(USER, "laptop", cast(WebSocket, ClosedSocket())))
     await world.scheduler.device_connected(USER, "laptop")  # what device_hello calls
 
     runs = await world.cron_runs()
@@ -197,8 +209,9 @@ async def test_two_schedulers_on_one_postgres_fire_each_due_tick_exactly_once(
     clock = Clock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
     async with open_database(postgres_url) as db_a, open_database(postgres_url) as db_b:
         a, b = _world(db_a, clock), _world(db_b, clock)
-        await a.online()
-        assistant = await a.assistant()
+        await a.online("desk")  # one device on each process: both may fire every cron
+        await b.online("laptop")
+        assistant = await a.assistant(device_id=None)
         crons = [await a.cron(assistant, "*/10 * * * *") for _ in range(25)]
         for _ in range(4):  # 4 rounds x 25 crons = 100 due ticks
             clock.now += timedelta(minutes=10)
@@ -206,3 +219,14 @@ async def test_two_schedulers_on_one_postgres_fire_each_due_tick_exactly_once(
         per_cron = Counter(r["cron_id"] for r in await a.cron_runs())
     assert sum(per_cron.values()) == 100
     assert per_cron == dict.fromkeys(crons, 4)
+
+
+async def test_a_device_connected_to_another_process_leaves_the_cron_due(world: World) -> None:
+    await world.repo.add_device(user_id=USER, device_id="laptop")
+    await world.repo.set_online(user_id=USER, device_id="laptop", until=FAR_FUTURE)  # elsewhere
+    cron_id = await world.cron(await world.assistant(), "0 * * * *")
+    world.clock.now += timedelta(hours=1)
+    assert await world.scheduler.tick() == []
+    cron = await world.repo.cron_by_id(cron_id)
+    assert cron is not None and cron["overdue"] is False
+    assert cron["next_run_date"] <= iso(world.clock.now), "still due for the other process"
