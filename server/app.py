@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, *, model: BaseChatModel | None 
                 await manager.stop()
 
     app = FastAPI(
+        redirect_slashes=False,
         title="relaygraph",
         description="LangGraph agents whose tools act on the user's device.",
         lifespan=lifespan,

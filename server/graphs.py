@@ -36,7 +36,7 @@ class GraphRegistry:
         }
 
     def __contains__(self, graph_id: object) -> bool:
-        return graph_id in self._copies
+        return isinstance(graph_id, str) and graph_id in self._copies
 
     def __getitem__(self, graph_id: str) -> Pregel[Any, Any, Any, Any]:
         """Any copy: for drawings and schemas, which do not touch a thread."""

@@ -114,11 +114,11 @@ class RunManager:
             await self._finish(run, "error", {}, "The run's assistant no longer exists.")
             return
         graph = self.graphs.for_thread(assistant["graph_id"], run["thread_id"])
-        config = run_config(run, assistant)
         try:
+            config = run_config(run, assistant)
             context = run_context(assistant, run["kwargs"])
-        except ValidationError as exc:
-            await self._finish(run, "error", {}, f"Invalid context: {exc}")
+        except (ValidationError, TypeError, ValueError) as exc:
+            await self._finish(run, "error", {}, f"Invalid configuration: {exc}")
             return
         snapshot = await graph.aget_state(config)
         if await self._waits_for_its_device(run):

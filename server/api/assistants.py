@@ -5,9 +5,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from server.api.deps import CurrentUser, JSONBodyRoute, ServicesDep, not_found
+from server.api.deps import (
+    ID_PATTERN,
+    CurrentUser,
+    JSONBodyRoute,
+    ServicesDep,
+    checked_config,
+    not_found,
+)
 from server.runs import run_context
 from server.services import Services
 
@@ -23,10 +30,10 @@ class AssistantCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     graph_id: str = Field(min_length=1)
-    assistant_id: str | None = None
+    assistant_id: str | None = Field(default=None, pattern=ID_PATTERN)
     name: str | None = None
     description: str | None = None
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: Annotated[dict[str, Any], AfterValidator(checked_config)] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     if_exists: Literal["raise", "do_nothing"] = "raise"
@@ -40,7 +47,7 @@ class AssistantPatch(BaseModel):
     graph_id: str | None = None
     name: str | None = None
     description: str | None = None
-    config: dict[str, Any] | None = None
+    config: Annotated[dict[str, Any] | None, AfterValidator(checked_config)] = None
     context: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
 

@@ -64,10 +64,16 @@ async def _hello(socket: WebSocket, svc: Services) -> Connection | None:
     """Wait for a valid `device_hello`; anything else gets an `error` frame."""
     while True:
         try:
-            text = await asyncio.wait_for(socket.receive_text(), svc.settings.hello_timeout)
-        except (TimeoutError, WebSocketDisconnect, KeyError, RuntimeError):
+            message = await asyncio.wait_for(socket.receive(), svc.settings.hello_timeout)
+        except (TimeoutError, WebSocketDisconnect, RuntimeError):
             await _close(socket)
             return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        if text is None:
+            await _error(socket, BAD_FRAME, "Frames are JSON text.")
+            continue
         frame = _parse(text)
         if isinstance(frame, str):
             await _error(socket, BAD_FRAME, frame)
@@ -120,12 +126,14 @@ async def _store_answer(svc: Services, connection: Connection, frame: ToolResult
 
 def _parse(text: str) -> DeviceHello | ToolResult | str:
     """A frame, or the reason it is not one."""
-    if len(text) > MAX_FRAME:
+    if len(text.encode()) > MAX_FRAME:
         return f"Frame larger than {MAX_FRAME} bytes."
     try:
         return DEVICE_FRAME.validate_python(json.loads(text))
     except json.JSONDecodeError as exc:
         return f"Not JSON: {exc.msg} at {exc.pos}."
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit number, nesting too deep
+        return f"Not JSON this server reads: {type(exc).__name__}."
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "frame"

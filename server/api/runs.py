@@ -7,16 +7,17 @@ A run that waits on its device stays one run (status `interrupted`) until the jo
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from nodes.bridge import is_device_request
 from server.api.assistants import resolve_assistant
-from server.api.deps import CurrentUser, JSONBodyRoute, ServicesDep, not_found
+from server.api.deps import CurrentUser, JSONBodyRoute, ServicesDep, checked_config, not_found
 from server.api.serialize import jsonable
 from server.api.threads import user_thread
 from server.repository import FINAL_STATUSES, ThreadBusy
@@ -63,7 +64,7 @@ class RunCreate(BaseModel):
     assistant_id: str = Field(min_length=1)
     input: dict[str, Any] | None = None
     command: Command | None = None
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: Annotated[dict[str, Any], AfterValidator(checked_config)] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     stream_mode: StreamMode | list[StreamMode] = "values"
@@ -130,7 +131,8 @@ async def _check_resumable(svc: Services, thread: dict[str, Any], thread_id: str
 
 
 def _location(run: dict[str, Any]) -> dict[str, str]:
-    return {"Content-Location": f"/threads/{run['thread_id']}/runs/{run['run_id']}"}
+    thread = quote(run["thread_id"], safe="")
+    return {"Content-Location": f"/threads/{thread}/runs/{run['run_id']}"}
 
 
 async def final_run(svc: Services, run_id: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.api.deps import CurrentUser, JSONBodyRoute, ServicesDep, not_found
+from server.api.deps import ID_PATTERN, CurrentUser, JSONBodyRoute, ServicesDep, not_found
 from server.api.serialize import empty_state, thread_state
 from server.runs import RECURSION_LIMIT
 from server.services import Services
@@ -21,7 +21,7 @@ class ThreadCreate(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    thread_id: str | None = None
+    thread_id: str | None = Field(default=None, pattern=ID_PATTERN)
     metadata: dict[str, Any] = Field(default_factory=dict)
     if_exists: Literal["raise", "do_nothing"] = "raise"
 
