@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from fastapi import WebSocket
 from pydantic import BaseModel
-from starlette.websockets import WebSocketState
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class Connection:
         try:
             async with self.lock:
                 await self.socket.send_text(frame.model_dump_json())
-        except (RuntimeError, OSError) as exc:  # closed under us
+        except (RuntimeError, OSError, WebSocketDisconnect) as exc:  # closed under us
             log.info("send to %s/%s failed: %s", self.user_id, self.device_id, exc)
             return False
         return True
