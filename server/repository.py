@@ -131,7 +131,7 @@ RUNS_TO_RECOVER = (
 
 INSERT_CALL = (
     "INSERT INTO device_calls (call_id, run_id, thread_id, interrupt_id, user_id, device_id, "
-    "name, args, seq, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "name, args, seq, created_at, pushed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (call_id) DO NOTHING"
 )
 CALL_COLUMNS = "c.call_id, c.run_id, c.thread_id, c.interrupt_id, c.device_id, c.name, c.args"
@@ -472,9 +472,11 @@ class Repository:
         run: dict[str, Any],
         calls: list[tuple[str, str, str, dict[str, Any]]],
         device_id: str | None,
+        pushed: bool = False,
     ) -> None:
         """Store the calls of the pending interrupts (interrupt id, call id, name, args) and
-        mark the run and its thread interrupted, in one transaction."""
+        mark the run and its thread interrupted, in one transaction. `pushed`: this process
+        holds the device's socket and sends them next (no other process needs to)."""
         stamp = now()
         statements: list[tuple[str, tuple[Any, ...]]] = [
             (
@@ -490,6 +492,7 @@ class Repository:
                     json.dumps(args),
                     seq,
                     stamp,
+                    stamp if pushed else None,
                 ),
             )
             for seq, (interrupt_id, call_id, name, args) in enumerate(calls)

@@ -61,6 +61,7 @@ class RunManager:
         self.workers: list[asyncio.Task[None]] = []
         self.executing: dict[str, asyncio.Task[None]] = {}
         self.cancelling: set[str] = set()
+        self.queued: set[str] = set()
 
     # ── lifecycle ────────────────────────────────────────────────────────────
 
@@ -79,11 +80,16 @@ class RunManager:
         await asyncio.gather(*self.workers, return_exceptions=True)
 
     def enqueue(self, run_id: str) -> None:
+        """Queue a run once: a run already waiting in the queue is not queued again."""
+        if run_id in self.queued:
+            return
+        self.queued.add(run_id)
         self.queue.put_nowait(run_id)
 
     async def _work(self) -> None:
         while True:
             run_id = await self.queue.get()
+            self.queued.discard(run_id)
             task = asyncio.create_task(self.execute(run_id), name=f"run-{run_id}")
             self.executing[run_id] = task
             try:
@@ -238,7 +244,8 @@ class RunManager:
             if is_device_request(pending.value)
             for call in pending.value["calls"]
         ]
-        await self.repo.park_run(run=run, calls=calls, device_id=device_id)
+        here = device_id is not None and self.hub.get(run["user_id"], device_id) is not None
+        await self.repo.park_run(run=run, calls=calls, device_id=device_id, pushed=here)
         self.events.status_changed(run["run_id"])
         self.events.publish(run["run_id"], "values", dict(snapshot.values))
         unanswered = await self.repo.pending_for_run(run["run_id"])

@@ -230,3 +230,10 @@ async def test_a_device_connected_to_another_process_leaves_the_cron_due(world: 
     cron = await world.repo.cron_by_id(cron_id)
     assert cron is not None and cron["overdue"] is False
     assert cron["next_run_date"] <= iso(world.clock.now), "still due for the other process"
+
+
+async def test_a_run_is_queued_once_however_often_it_is_found_pending(world: World) -> None:
+    world.runs.enqueue("run-1")
+    world.runs.enqueue("run-1")  # a stale-pending sweep finding it again
+    world.runs.enqueue("run-2")
+    assert world.runs.queue.qsize() == 2

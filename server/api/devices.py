@@ -40,9 +40,10 @@ async def connect(socket: WebSocket) -> None:
     if connection is None:
         return
     previous = svc.hub.register(connection)
-    if previous is not None:
-        await previous.socket.close(code=4000, reason="replaced by a new connection")
     try:
+        if previous is not None:
+            with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+                await previous.socket.close(code=4000, reason="replaced by a new connection")
         pending = await svc.repo.pending_for_device(
             user_id=connection.user_id, device_id=connection.device_id
         )
@@ -90,21 +91,36 @@ async def _hello(socket: WebSocket, svc: Services) -> Connection | None:
 
 
 async def _answers(socket: WebSocket, svc: Services, connection: Connection) -> None:
-    while True:
-        message = await socket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        text = message.get("text")
-        if text is None:
-            await connection.send(ErrorFrame(code=BAD_FRAME, message="Frames are JSON text."))
-            continue
-        frame = _parse(text)
-        if isinstance(frame, str):
-            await connection.send(ErrorFrame(code=BAD_FRAME, message=frame))
-        elif isinstance(frame, ToolResult):
-            await _store_answer(svc, connection, frame)
-        else:
-            await connection.send(ErrorFrame(code=BAD_FRAME, message="Already said hello."))
+    """Read frames as fast as they come (so the socket's keepalive is never starved) and
+    store answers, in order, from a second task."""
+    answers: asyncio.Queue[ToolResult | None] = asyncio.Queue()
+    storing = asyncio.create_task(_store_answers(svc, connection, answers))
+    try:
+        while True:
+            message = await socket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                await connection.send(ErrorFrame(code=BAD_FRAME, message="Frames are JSON text."))
+                continue
+            frame = _parse(text)
+            if isinstance(frame, str):
+                await connection.send(ErrorFrame(code=BAD_FRAME, message=frame))
+            elif isinstance(frame, ToolResult):
+                answers.put_nowait(frame)
+            else:
+                await connection.send(ErrorFrame(code=BAD_FRAME, message="Already said hello."))
+    finally:
+        answers.put_nowait(None)  # store what arrived, then stop
+        await storing
+
+
+async def _store_answers(
+    svc: Services, connection: Connection, answers: "asyncio.Queue[ToolResult | None]"
+) -> None:
+    while (frame := await answers.get()) is not None:
+        await _store_answer(svc, connection, frame)
 
 
 async def _store_answer(svc: Services, connection: Connection, frame: ToolResult) -> None:
