@@ -44,11 +44,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, ToolCall, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.utils.function_calling import convert_to_openai_tool
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
@@ -59,6 +57,7 @@ from typing_extensions import TypedDict
 
 from checkpoints.factory import open_checkpointer
 from graphs.processing import build as build_processing
+from llm.offline import ToolBindingChatModel
 from nodes.context import AgentContext
 from nodes.state import STANDALONE, ProcessingInput
 
@@ -82,7 +81,7 @@ END = "<!-- bench.round_trip: end -->"
 # ── The stand-ins: a model that never finishes, a device that answers at once ────────────
 
 
-class EndlessToolCaller(BaseChatModel):
+class EndlessToolCaller(ToolBindingChatModel):
     """A chat model that answers every turn with one `list_tasks` call, so the loop never ends."""
 
     turns: int = 0
@@ -90,12 +89,6 @@ class EndlessToolCaller(BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "bench-endless-tool-caller"
-
-    def bind_tools(
-        self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Bind tools the way `ChatOpenAI.bind_tools` does: converted to the OpenAI format."""
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
 
     def _generate(
         self,

@@ -62,11 +62,9 @@ from typing import Any, Literal
 import httpx
 import uvicorn
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolCall, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.utils.function_calling import convert_to_openai_tool
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -85,6 +83,7 @@ from bench.round_trip import (
 )
 from checkpoints.factory import open_checkpointer, open_checkpointers
 from graphs.agentic_loop import build as build_agentic_loop
+from llm.offline import ToolBindingChatModel
 from nodes.context import AgentContext
 from nodes.state import Plan, StepVerdict
 from server.api.runs import RunCreate, create_run
@@ -136,7 +135,7 @@ def end_marker(part: Part) -> str:
 # ── The scripted model ──────────────────────────────────────────────────────────
 
 
-class DeviceLoopModel(BaseChatModel):
+class DeviceLoopModel(ToolBindingChatModel):
     """A stateless scripted model for the agentic loop, shared by every run of a server.
 
     Asked for a plan (the `Plan` tool is bound), it plans one step. In the step, it calls
@@ -147,12 +146,6 @@ class DeviceLoopModel(BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "bench-device-loop"
-
-    def bind_tools(
-        self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any
-    ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Bind tools the way `ChatOpenAI.bind_tools` does: converted to the OpenAI format."""
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
 
     def _generate(
         self,

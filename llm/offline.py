@@ -82,12 +82,9 @@ def extract(text: str, folder: str, into: Extracted) -> None:
     close_section()
 
 
-class OfflineExtractor(BaseChatModel):
-    """Rules instead of a model; answers with the same tool calls a model would make."""
-
-    @property
-    def _llm_type(self) -> str:
-        return "relaygraph-offline"
+class ToolBindingChatModel(BaseChatModel):
+    """A chat model that binds tools as `ChatOpenAI` does: `_generate` gets them in OpenAI
+    format as the `tools` keyword. The base of every stand-in for a model."""
 
     def bind_tools(
         self,
@@ -96,8 +93,15 @@ class OfflineExtractor(BaseChatModel):
         tool_choice: str | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
-        formatted = [convert_to_openai_tool(t) for t in tools]
-        return self.bind(tools=formatted, **kwargs)
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+
+
+class OfflineExtractor(ToolBindingChatModel):
+    """Rules instead of a model; answers with the same tool calls a model would make."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "relaygraph-offline"
 
     def _generate(
         self,

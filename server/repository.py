@@ -75,7 +75,6 @@ INSERT_THREAD = (
     "ON CONFLICT (thread_id) DO NOTHING"
 )
 SELECT_THREAD = f"SELECT {THREAD_COLUMNS} FROM threads WHERE thread_id = ? AND user_id = ?"
-SELECT_THREAD_OWNER = "SELECT user_id FROM threads WHERE thread_id = ?"
 UPDATE_THREAD_STATUS = "UPDATE threads SET status = ?, updated_at = ? WHERE thread_id = ?"
 UPDATE_THREAD_METADATA = "UPDATE threads SET metadata = ?, updated_at = ? WHERE thread_id = ?"
 DELETE_THREAD = "DELETE FROM threads WHERE thread_id = ? AND user_id = ?"
@@ -100,7 +99,6 @@ LIST_RUNS = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE thread_id = ? AND user_id = ? "
     "ORDER BY created_at DESC LIMIT ? OFFSET ?"
 )
-ACTIVE_STATUSES = ("pending", "running", "interrupted")
 FINAL_STATUSES = ("success", "partial", "error", "cancelled")
 SELECT_ACTIVE_RUN = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE thread_id = ? "
@@ -369,10 +367,6 @@ class Repository:
         rows = await self.db.fetch(SELECT_THREAD, thread_id, user_id)
         return _thread(rows[0]) if rows else None
 
-    async def thread_owner(self, thread_id: str) -> str | None:
-        rows = await self.db.fetch(SELECT_THREAD_OWNER, thread_id)
-        return str(rows[0]["user_id"]) if rows else None
-
     async def set_thread_status(self, *, thread_id: str, status: str) -> None:
         await self.db.execute((UPDATE_THREAD_STATUS, (status, now(), thread_id)))
 
@@ -380,9 +374,11 @@ class Repository:
         await self.db.execute((UPDATE_THREAD_METADATA, (json.dumps(metadata), now(), thread_id)))
 
     async def delete_thread(self, *, user_id: str, thread_id: str) -> bool:
-        deleted = await self.db.execute((DELETE_THREAD, (thread_id, user_id)))
-        if deleted:
-            await self.db.execute((DELETE_THREAD_RUNS, (thread_id,)))
+        """The thread and its runs, in one transaction."""
+        async with self.db.transaction() as tx:
+            deleted = await tx.run(DELETE_THREAD, thread_id, user_id)
+            if deleted:
+                await tx.run(DELETE_THREAD_RUNS, thread_id)
         return bool(deleted)
 
     async def search_threads(

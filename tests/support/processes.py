@@ -46,8 +46,34 @@ def relaygraph(*args: str, env: dict[str, str] | None = None, cwd: Path | None =
     return done.stdout.strip()
 
 
+class _Managed:
+    """A process started in its own session, with its log in the work folder."""
+
+    kind: str
+    workdir: Path
+    process: subprocess.Popen[bytes] | None
+    starts: int
+
+    def log(self) -> str:
+        return (self.workdir / f"{self.kind}-{self.starts}.log").read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
 @dataclass
-class ServerProcess:
+class ServerProcess(_Managed):
     """`relaygraph serve` on a free port over `database_url`; restartable."""
 
     database_url: str
@@ -56,6 +82,7 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    kind: str = "server"
 
     @property
     def url(self) -> str:
@@ -83,23 +110,6 @@ class ServerProcess:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"the server did not answer /ok:\n{self.log()}")
-
-    def log(self) -> str:
-        return (self.workdir / f"server-{self.starts}.log").read_text(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
     def api_key(self, user: str) -> str:
         return relaygraph(
@@ -129,7 +139,7 @@ class ServerProcess:
 
 
 @dataclass
-class DeviceProcess:
+class DeviceProcess(_Managed):
     """`relaygraph device` over `root` with its own entity database; restartable."""
 
     server: str
@@ -139,6 +149,7 @@ class DeviceProcess:
     workdir: Path
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    kind: str = "device"
 
     def start(self) -> "DeviceProcess":
         self.starts += 1
@@ -163,19 +174,3 @@ class DeviceProcess:
             start_new_session=True,
         )
         return self
-
-    def log(self) -> str:
-        return (self.workdir / f"device-{self.starts}.log").read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
