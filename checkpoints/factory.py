@@ -3,10 +3,14 @@
 - `memory` (unit tests),
 - a file path or `sqlite:///path` (the embedded default),
 - `postgresql://...` (production): `AsyncPostgresSaver` over a psycopg pool with
-  `autocommit=True`, `row_factory=dict_row`, `prepare_threshold=None` and a `check=` callback.
+  `autocommit=True`, `row_factory=dict_row`, `prepare_threshold=None`, and a `check=` that
+  pings only connections left idle for a while (a ping on every checkout cost a network round
+  trip per statement: see docs/benchmarks.md).
 """
 
 import sqlite3
+import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +29,8 @@ from psycopg_pool import AsyncConnectionPool
 StorageKind = Literal["memory", "sqlite", "postgres"]
 NOT_SQLITE = "{path} is not a SQLite database ({error})."
 POSTGRES_UNREACHABLE = "Cannot reach Postgres at {url}: {error}"
+#: A pooled connection idle for longer than this is pinged before it is handed out.
+IDLE_CHECK_SECONDS = 5.0
 
 
 class StorageError(RuntimeError):
@@ -45,6 +51,25 @@ def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
 
 
+class IdleCheck:
+    """The pool's `check=`: ping a connection only when it has been idle for more than
+    `IDLE_CHECK_SECONDS` (one that fails is replaced by the pool); a connection in use every
+    few milliseconds is handed out as it is."""
+
+    def __init__(self, idle_seconds: float = IDLE_CHECK_SECONDS) -> None:
+        self.idle_seconds = idle_seconds
+        self._last_out: weakref.WeakKeyDictionary[AsyncConnection[DictRow], float] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def __call__(self, conn: AsyncConnection[DictRow]) -> None:
+        now = time.monotonic()
+        last = self._last_out.get(conn)
+        if last is None or now - last > self.idle_seconds or conn.broken:
+            await AsyncConnectionPool.check_connection(conn)
+        self._last_out[conn] = now
+
+
 @asynccontextmanager
 async def postgres_pool(
     url: str, *, max_size: int = 10
@@ -56,7 +81,7 @@ async def postgres_pool(
         max_size=max_size,
         open=False,
         kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": None},
-        check=AsyncConnectionPool.check_connection,
+        check=IdleCheck(),
     )
     try:
         await pool.open(wait=True, timeout=15)

@@ -179,6 +179,7 @@ class Database(Protocol):
     kind: str
 
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]: ...
+    async def write(self, sql: str, *params: Any) -> list[dict[str, Any]]: ...
     async def execute(self, *statements: tuple[str, Sequence[Any]]) -> int: ...
     def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
 
@@ -196,6 +197,19 @@ class SqliteDatabase:
         async with self.lock, self.conn.execute(sql, params) as cursor:
             names = [c[0] for c in cursor.description or []]
             return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+
+    async def write(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        """Run one writing statement and commit; the rows of its `RETURNING` clause."""
+        async with self.lock:
+            try:
+                async with self.conn.execute(sql, params) as cursor:
+                    names = [c[0] for c in cursor.description or []]
+                    rows = [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+                await self.conn.commit()
+            except BaseException:
+                await self.conn.rollback()
+                raise
+        return rows
 
     async def execute(self, *statements: tuple[str, Sequence[Any]]) -> int:
         """Run the statements in one transaction; the number of rows the last one changed."""
@@ -263,6 +277,10 @@ class PostgresDatabase:
         async with self.pool.connection() as conn:
             cursor = await conn.execute(sql.replace("?", "%s"), params)
             return cast(list[dict[str, Any]], await cursor.fetchall())
+
+    async def write(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        """Run one writing statement (autocommit: its own transaction); its `RETURNING` rows."""
+        return await self.fetch(sql, *params)
 
     async def execute(self, *statements: tuple[str, Sequence[Any]]) -> int:
         """Run the statements in one transaction; the number of rows the last one changed."""

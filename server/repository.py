@@ -92,6 +92,12 @@ INSERT_RUN = (
     "device_id, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)"
 )
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
+SELECT_RUN_AND_ASSISTANT = (
+    f"SELECT {', '.join('r.' + c.strip() for c in RUN_COLUMNS.split(','))}, "
+    "a.graph_id, a.config AS assistant_config, a.context AS assistant_context "
+    "FROM runs r LEFT JOIN assistants a ON a.assistant_id = r.assistant_id "
+    "AND a.user_id = r.user_id WHERE r.run_id = ?"
+)
 SELECT_USER_RUN = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ? AND thread_id = ? AND user_id = ?"
 )
@@ -155,17 +161,24 @@ UNPUSHED_FOR_DEVICE = (
 )
 MARK_PUSHED = "UPDATE device_calls SET pushed_at = ? WHERE call_id = ?"
 SELECT_CALL = "SELECT call_id, run_id, user_id, device_id, done FROM device_calls WHERE call_id = ?"
-INSERT_ANSWER = (
-    "INSERT INTO device_inbox (call_id, run_id, ok, payload, received_at) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (call_id) DO NOTHING"
+STORE_ANSWER = (
+    "INSERT INTO device_inbox (call_id, run_id, ok, payload, received_at) "
+    "SELECT call_id, run_id, ?, ?, ? FROM device_calls WHERE call_id = ? AND user_id = ? "
+    "AND (device_id = ? OR device_id IS NULL) AND done = 0 "
+    "ON CONFLICT (call_id) DO NOTHING RETURNING run_id"
 )
-COUNT_UNANSWERED = (
-    "SELECT count(*) AS n FROM device_calls c WHERE c.run_id = ? AND c.done = 0 "
+UNANSWERED = (
+    "SELECT count(*) FROM device_calls c WHERE c.run_id = runs.run_id AND c.done = 0 "
     "AND NOT EXISTS (SELECT 1 FROM device_inbox i WHERE i.call_id = c.call_id)"
 )
-SELECT_ANSWERS = "SELECT call_id, ok, payload FROM device_inbox WHERE run_id = ?"
-MARK_CALLS_DONE = "UPDATE device_calls SET done = 1 WHERE run_id = ? AND interrupt_id = ?"
-DELETE_INBOX_ROW = "DELETE FROM device_inbox WHERE call_id = ?"
+RUN_READINESS = f"SELECT thread_id, status, ({UNANSWERED}) AS unanswered FROM runs WHERE run_id = ?"
+OPEN_CALLS = (
+    "SELECT c.interrupt_id, c.call_id, i.ok, i.payload, i.call_id AS answered "
+    "FROM device_calls c LEFT JOIN device_inbox i ON i.call_id = c.call_id "
+    "WHERE c.run_id = ? AND c.done = 0 ORDER BY c.seq"
+)
+CLOSE_OPEN_CALLS = "UPDATE device_calls SET done = 1 WHERE run_id = ? AND done = 0"
+COUNT_UNANSWERED = f"SELECT ({UNANSWERED}) AS n FROM runs WHERE run_id = ?"
 DELETE_RUN_CALLS = "DELETE FROM device_calls WHERE run_id = ?"
 DELETE_RUN_INBOX = "DELETE FROM device_inbox WHERE run_id = ?"
 RUN_DEVICES = (
@@ -211,6 +224,26 @@ UPSERT_ASSISTANT_WATERMARK = (
 
 
 AnswerOutcome = Literal["stored", "duplicate", "late", "unknown"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What became of a device's answer."""
+
+    outcome: AnswerOutcome
+    run_id: str | None = None
+    thread_id: str | None = None
+    #: Every call of the run's pending interrupts is now answered: the run can resume.
+    completes: bool = False
+
+
+@dataclass(frozen=True)
+class OpenCall:
+    """A call of a parked run's pending interrupts, with its answer once stored."""
+
+    interrupt_id: str
+    call_id: str
+    answer: dict[str, Any] | None
 
 
 class ThreadBusy(Exception):
@@ -458,9 +491,33 @@ class Repository:
         rows = await self.db.fetch(SELECT_ACTIVE_RUN, thread_id)
         return _run(rows[0]) if rows else None
 
-    async def mark_running(self, run_id: str) -> bool:
+    async def run_to_execute(
+        self, run_id: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(the run, its assistant) in one read; the assistant is None once deleted."""
+        rows = await self.db.fetch(SELECT_RUN_AND_ASSISTANT, run_id)
+        if not rows:
+            return None, None
+        row = rows[0]
+        run = _run(row)
+        if row["graph_id"] is None:
+            return run, None
+        assistant = {
+            "assistant_id": run["assistant_id"],
+            "graph_id": row["graph_id"],
+            "config": _loads(row["assistant_config"]),
+            "context": _loads(row["assistant_context"]),
+        }
+        return run, assistant
+
+    async def start_step(self, run: dict[str, Any]) -> bool:
+        """The run is running and its thread busy (one transaction); False if it has ended."""
         stamp = now()
-        return bool(await self.db.execute((START_RUN, (stamp, stamp, run_id))))
+        async with self.db.transaction() as tx:
+            started = await tx.run(START_RUN, stamp, stamp, run["run_id"])
+            if started:
+                await tx.run(UPDATE_THREAD_STATUS, "busy", stamp, run["thread_id"])
+        return bool(started)
 
     async def park_run(
         self,
@@ -469,15 +526,22 @@ class Repository:
         calls: list[tuple[str, str, str, dict[str, Any]]],
         device_id: str | None,
         pushed: bool = False,
-    ) -> None:
+        resumed: bool = False,
+    ) -> int:
         """Store the calls of the pending interrupts (interrupt id, call id, name, args) and
-        mark the run and its thread interrupted, in one transaction. `pushed`: this process
-        holds the device's socket and sends them next (no other process needs to)."""
+        mark the run and its thread interrupted, in one transaction; the number of those calls
+        still unanswered. `resumed`: the step just run consumed the run's open calls and their
+        answers (they are closed and the answers dropped in the same transaction). `pushed`:
+        this process holds the device's socket and sends them next (no other process needs
+        to)."""
         stamp = now()
-        statements: list[tuple[str, tuple[Any, ...]]] = [
-            (
-                INSERT_CALL,
-                (
+        async with self.db.transaction() as tx:
+            if resumed:
+                await tx.run(CLOSE_OPEN_CALLS, run["run_id"])
+                await tx.run(DELETE_RUN_INBOX, run["run_id"])
+            for seq, (interrupt_id, call_id, name, args) in enumerate(calls):
+                await tx.run(
+                    INSERT_CALL,
                     call_id,
                     run["run_id"],
                     run["thread_id"],
@@ -489,13 +553,11 @@ class Repository:
                     seq,
                     stamp,
                     stamp if pushed else None,
-                ),
-            )
-            for seq, (interrupt_id, call_id, name, args) in enumerate(calls)
-        ]
-        statements.append((SET_RUN_STATUS, ("interrupted", stamp, run["run_id"])))
-        statements.append((UPDATE_THREAD_STATUS, ("interrupted", stamp, run["thread_id"])))
-        await self.db.execute(*statements)
+                )
+            await tx.run(SET_RUN_STATUS, "interrupted", stamp, run["run_id"])
+            await tx.run(UPDATE_THREAD_STATUS, "interrupted", stamp, run["thread_id"])
+            rows = await tx.fetch(COUNT_UNANSWERED, run["run_id"])
+        return int(rows[0]["n"])
 
     async def finish_run(
         self,
@@ -550,47 +612,40 @@ class Repository:
 
     async def record_answer(
         self, *, user_id: str, device_id: str, call_id: str, ok: bool, payload: Any
-    ) -> tuple[AnswerOutcome, str | None]:
-        """Store an answer durably (invariant 5); (outcome, run id)."""
+    ) -> Answer:
+        """Store an answer durably (invariant 5), in one statement when it is new."""
+        stored = await self.db.write(
+            STORE_ANSWER, int(ok), json.dumps(payload), now(), call_id, user_id, device_id
+        )
+        if stored:
+            run_id = str(stored[0]["run_id"])
+            rows = await self.db.fetch(RUN_READINESS, run_id)
+            completes = bool(rows) and (rows[0]["status"], rows[0]["unanswered"]) == (
+                "interrupted",
+                0,
+            )
+            thread_id = str(rows[0]["thread_id"]) if rows else None
+            return Answer("stored", run_id, thread_id, completes)
         rows = await self.db.fetch(SELECT_CALL, call_id)
         if (
             not rows
             or rows[0]["user_id"] != user_id
             or rows[0]["device_id"] not in (device_id, None)
         ):
-            return "unknown", None
+            return Answer("unknown")
         run_id = str(rows[0]["run_id"])
-        if rows[0]["done"]:
-            return "late", run_id
-        stored = await self.db.execute(
-            (INSERT_ANSWER, (call_id, run_id, int(ok), json.dumps(payload), now()))
-        )
-        return ("stored" if stored else "duplicate"), run_id
+        return Answer("late" if rows[0]["done"] else "duplicate", run_id)
 
-    async def unanswered(self, run_id: str) -> int:
-        rows = await self.db.fetch(COUNT_UNANSWERED, run_id)
-        return int(rows[0]["n"])
-
-    async def answers(self, run_id: str) -> dict[str, dict[str, Any]]:
-        """Stored answers by call id, as bridge results."""
-        results: dict[str, dict[str, Any]] = {}
-        for row in await self.db.fetch(SELECT_ANSWERS, run_id):
-            payload = _loads(row["payload"])
-            results[str(row["call_id"])] = (
-                {"ok": True, "result": payload}
-                if row["ok"]
-                else {"ok": False, "error": str(payload)}
+    async def open_calls(self, run_id: str) -> list[OpenCall]:
+        """The run's calls not yet consumed by a resume, with the answers stored so far."""
+        return [
+            OpenCall(
+                interrupt_id=str(row["interrupt_id"]),
+                call_id=str(row["call_id"]),
+                answer=None if row["answered"] is None else _bridge_result(row),
             )
-        return results
-
-    async def consume_answers(
-        self, *, run_id: str, interrupt_ids: list[str], call_ids: list[str]
-    ) -> None:
-        """The run moved past these interrupts: their calls are done, their inbox rows go."""
-        await self.db.execute(
-            *[(MARK_CALLS_DONE, (run_id, iid)) for iid in interrupt_ids],
-            *[(DELETE_INBOX_ROW, (cid,)) for cid in call_ids],
-        )
+            for row in await self.db.fetch(OPEN_CALLS, run_id)
+        ]
 
     async def run_devices(self, run_id: str) -> list[str]:
         return [str(r["device_id"]) for r in await self.db.fetch(RUN_DEVICES, run_id)]
@@ -774,6 +829,12 @@ def _run(row: dict[str, Any]) -> dict[str, Any]:
         "duration_ms": _duration_ms(row["started_at"], row["finished_at"]),
         "multitask_strategy": "reject",
     }
+
+
+def _bridge_result(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored answer as the bridge's result for its call."""
+    payload = _loads(row["payload"])
+    return {"ok": True, "result": payload} if row["ok"] else {"ok": False, "error": str(payload)}
 
 
 def _duration_ms(started: str | None, finished: str | None) -> int | None:

@@ -5,22 +5,26 @@ A run executes under its thread's lock until the graph returns. If it returned w
 calls pending, the calls are stored in the outbox, the run is parked (`interrupted`), and
 only then pushed to the device (invariant 3). A parked run is a row and a checkpoint: no
 worker, task or socket waits for it (invariant 7). Each answer is stored in the inbox first
-(invariant 5); when every call of the pending interrupts is answered, the run is queued
-again, and the worker resumes it with `{interrupt_id: {call_id: result}}` after checking,
-under the lock, that those interrupts are still the pending ones. Inbox rows go once the
-run has moved past them.
+(invariant 5); the statement that stores the last missing one queues the run again, and the
+worker resumes it with `{interrupt_id: {call_id: result}}` read from the outbox and inbox
+under the lock: a parked run's open calls are exactly its pending interrupts, because its
+checkpoint moves only in a step under that lock, and a step ends by parking (which closes the
+calls it answered and opens the new ones, in one transaction) or by finishing. Where the step
+stopped comes from its own stream (the `__interrupt__` updates and the last values), so a
+round trip loads the checkpoint once, in the graph itself.
 
 One run record spans the whole job: device round trips and server restarts do not end it.
 """
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
-from langgraph.types import Command, StateSnapshot
+from langgraph.types import Command, Interrupt
 from pydantic import TypeAdapter, ValidationError
 
 from device.protocol import RunComplete, RunContext, RunProgress, ToolCallFrame
@@ -30,7 +34,7 @@ from server.events import RunEvents
 from server.graphs import GraphRegistry
 from server.hub import DeviceHub
 from server.locks import ThreadLocks
-from server.repository import FINAL_STATUSES, PendingCall, Repository
+from server.repository import FINAL_STATUSES, OpenCall, PendingCall, Repository
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ class RunManager:
         self.executing: dict[str, asyncio.Task[None]] = {}
         self.cancelling: set[str] = set()
         self.queued: set[str] = set()
+        self.thread_of: dict[str, str] = {}
 
     # ── lifecycle ────────────────────────────────────────────────────────────
 
@@ -79,8 +84,11 @@ class RunManager:
             worker.cancel()
         await asyncio.gather(*self.workers, return_exceptions=True)
 
-    def enqueue(self, run_id: str) -> None:
-        """Queue a run once: a run already waiting in the queue is not queued again."""
+    def enqueue(self, run_id: str, thread_id: str | None = None) -> None:
+        """Queue a run once: a run already waiting in the queue is not queued again.
+        `thread_id`, when the caller knows it, saves a read before taking the thread's lock."""
+        if thread_id is not None:
+            self.thread_of[run_id] = thread_id
         if run_id in self.queued:
             return
         self.queued.add(run_id)
@@ -103,19 +111,19 @@ class RunManager:
 
     async def execute(self, run_id: str) -> None:
         """Run (or resume) one run until it finishes or parks on its device."""
-        run = await self.repo.get_run(run_id)
-        if run is None or run["status"] in FINAL_STATUSES:
-            return
-        async with self.locks.hold(run["thread_id"]):
-            run = await self.repo.get_run(run_id)  # strict: re-read under the lock
+        thread_id = self.thread_of.pop(run_id, None)
+        if thread_id is None:
+            found = await self.repo.get_run(run_id)
+            if found is None or found["status"] in FINAL_STATUSES:
+                return
+            thread_id = found["thread_id"]
+        async with self.locks.hold(thread_id):
+            run, assistant = await self.repo.run_to_execute(run_id)  # strict: under the lock
             if run is None or run["status"] in FINAL_STATUSES:
                 return
-            await self._step(run)
+            await self._step(run, assistant)
 
-    async def _step(self, run: dict[str, Any]) -> None:
-        assistant = await self.repo.get_assistant(
-            user_id=run["user_id"], assistant_id=run["assistant_id"]
-        )
+    async def _step(self, run: dict[str, Any], assistant: dict[str, Any] | None) -> None:
         if assistant is None or assistant["graph_id"] not in self.graphs:
             await self._finish(run, "error", {}, "The run's assistant no longer exists.")
             return
@@ -126,18 +134,18 @@ class RunManager:
         except (ValidationError, TypeError, ValueError) as exc:
             await self._finish(run, "error", {}, f"Invalid configuration: {exc}")
             return
-        snapshot = await graph.aget_state(config)
         if await self._waits_for_its_device(run):
             return
-        payload, resumed = await self._next_payload(run, assistant, snapshot)
-        if payload is _WAIT:
-            await self._park(run, snapshot)
+        step = await self._next_step(run, assistant, graph, config)
+        if isinstance(step, Wait):
+            if step.interrupts:
+                await self._park(run, step.interrupts)
             return
-        await self.repo.mark_running(run["run_id"])
-        await self.repo.set_thread_status(thread_id=run["thread_id"], status="busy")
+        if not await self.repo.start_step(run):
+            return  # cancelled meanwhile
         self.events.status_changed(run["run_id"])
         try:
-            await self._stream(run, graph, payload, config, context)
+            end = await self._stream(run, graph, step.payload, config, context)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the run's boundary: record the failure, keep the worker
@@ -146,17 +154,10 @@ class RunManager:
                 run, "error", {}, RUN_FAILED.format(kind=type(exc).__name__, message=exc)
             )
             return
-        if run["run_id"] in self.cancelling:  # stopped at a step boundary: nothing more
+        if end is None:  # cancelled, and stopped at a step boundary: nothing more
             self.cancelling.discard(run["run_id"])
             return
-        if resumed:
-            await self.repo.consume_answers(
-                run_id=run["run_id"],
-                interrupt_ids=[i.id for i in snapshot.interrupts],
-                call_ids=[c["id"] for i in snapshot.interrupts for c in i.value["calls"]],
-            )
-        snapshot = await graph.aget_state(config)
-        await self._after(run, assistant, snapshot)
+        await self._after(run, assistant, end, resumed=step.resumes)
 
     async def _waits_for_its_device(self, run: dict[str, Any]) -> bool:
         """Scheduled runs of one device start one after another: a run that has not started
@@ -165,33 +166,48 @@ class RunManager:
             return False
         return await self.repo.earlier_device_run(run) is not None
 
-    async def _next_payload(
-        self, run: dict[str, Any], assistant: dict[str, Any], snapshot: StateSnapshot
-    ) -> tuple[Any, bool]:
-        """(what to stream, whether it resumes device answers); `_WAIT` when answers are
-        still missing."""
+    async def _next_step(
+        self,
+        run: dict[str, Any],
+        assistant: dict[str, Any],
+        graph: Pregel[Any, Any, Any, Any],
+        config: RunnableConfig,
+    ) -> "Go | Wait":
+        """What to stream next, or what the run waits for.
+
+        A parked run (`interrupted`) resumes from the outbox: its open calls are exactly the
+        pending device interrupts, because the checkpoint moves only in a step, under this
+        lock, and every step ends by parking (which replaces the open calls) or finishing.
+        Other runs (new, or caught mid-step by a crash) read their checkpoint."""
+        if run["status"] == "interrupted":
+            calls = await self.repo.open_calls(run["run_id"])
+            if calls:
+                return _resume(calls)
+        snapshot = await graph.aget_state(config)
         started = (
             snapshot.metadata is not None and snapshot.metadata.get(RUN_ID_KEY) == run["run_id"]
         )
         if not started:
             kwargs = run["kwargs"]
             if kwargs.get("command") is not None:
-                return Command(**command_fields(kwargs["command"])), False
+                return Go(Command(**command_fields(kwargs["command"])))
             graph_input = dict(kwargs.get("input") or {})
             if assistant["graph_id"] == WATERMARKED_GRAPH and "modified_since" not in graph_input:
                 graph_input["modified_since"] = await self.repo.assistant_watermark(
                     assistant["assistant_id"]
                 )
-            return graph_input, False
+            return Go(graph_input)
         device = [i for i in snapshot.interrupts if is_device_request(i.value)]
         if not device:
-            return None, False  # killed mid-step: continue from the last checkpoint
-        answers = await self.repo.answers(run["run_id"])
-        wanted = {c["id"] for i in device for c in i.value["calls"]}
-        if not wanted <= set(answers):
-            return _WAIT, False
-        resume = {i.id: {c["id"]: answers[c["id"]] for c in i.value["calls"]} for i in device}
-        return Command(resume=resume), True
+            return Go(None)  # killed mid-step: continue from the last checkpoint
+        answers = {c.call_id: c.answer for c in await self.repo.open_calls(run["run_id"])}
+        calls = [
+            OpenCall(i.id, call["id"], answers.get(call["id"]))
+            for i in device
+            for call in i.value["calls"]
+        ]
+        step = _resume(calls)
+        return Wait(device) if isinstance(step, Wait) else step
 
     async def _stream(
         self,
@@ -200,8 +216,11 @@ class RunManager:
         payload: Any,
         config: RunnableConfig,
         context: AgentContext,
-    ) -> None:
+    ) -> "StepEnd | None":
+        """Stream the step to the run's subscribers and device; where the graph stopped (None
+        when the run was cancelled)."""
         run_id = run["run_id"]
+        end = StepEnd()
         async for mode, data in graph.astream(
             payload,
             config,
@@ -212,48 +231,60 @@ class RunManager:
             self.events.publish(run_id, str(mode), data)
             if mode == "custom" and isinstance(data, Mapping):
                 await self._progress_to_device(run, data)
+            elif mode == "updates" and isinstance(data, Mapping) and INTERRUPT in data:
+                end.interrupts.extend(data[INTERRUPT])
+            elif mode == "values" and isinstance(data, Mapping):
+                end.values = {k: v for k, v in data.items() if k != INTERRUPT}
             if run_id in self.cancelling:
-                return
+                return None
+        return end
 
     async def _after(
-        self, run: dict[str, Any], assistant: dict[str, Any], snapshot: StateSnapshot
+        self, run: dict[str, Any], assistant: dict[str, Any], end: "StepEnd", *, resumed: bool
     ) -> None:
-        if not snapshot.next:
-            status, counts, error = outcome_of(dict(snapshot.values))
-            watermark = (snapshot.values.get("report") or {}).get("watermark")
-            if status in ("success", "partial") and watermark:
-                await self.repo.set_assistant_watermark(
-                    assistant_id=assistant["assistant_id"], watermark=watermark
-                )
-            await self._finish(run, status, counts, error)
+        device = [i for i in end.interrupts if is_device_request(i.value)]
+        if device:
+            await self._park(run, device, resumed=resumed)
             return
-        if any(is_device_request(i.value) for i in snapshot.interrupts):
-            await self._park(run, snapshot)
-            return
-        if snapshot.interrupts:  # a human's turn: the run ends, as in the LangGraph server
+        if end.interrupts:  # a human's turn: the run ends, as in the LangGraph server
             await self._finish(run, "success", {}, None, thread_status="interrupted")
             return
-        self.enqueue(run["run_id"])  # nothing pending yet not finished: run the next step
+        status, counts, error = outcome_of(end.values)
+        watermark = (end.values.get("report") or {}).get("watermark")
+        if status in ("success", "partial") and watermark:
+            await self.repo.set_assistant_watermark(
+                assistant_id=assistant["assistant_id"], watermark=watermark
+            )
+        await self._finish(run, status, counts, error)
 
-    async def _park(self, run: dict[str, Any], snapshot: StateSnapshot) -> None:
+    async def _park(
+        self, run: dict[str, Any], interrupts: Sequence[Interrupt], *, resumed: bool = False
+    ) -> None:
         """Store the pending calls, mark the run interrupted, then push them."""
         device_id = run["device_id"] or self._any_device(run["user_id"])
         calls = [
             (pending.id, call["id"], call["name"], call["args"])
-            for pending in snapshot.interrupts
-            if is_device_request(pending.value)
+            for pending in interrupts
             for call in pending.value["calls"]
         ]
         here = device_id is not None and self.hub.get(run["user_id"], device_id) is not None
-        await self.repo.park_run(run=run, calls=calls, device_id=device_id, pushed=here)
+        unanswered = await self.repo.park_run(
+            run=run, calls=calls, device_id=device_id, pushed=here, resumed=resumed
+        )
         self.events.status_changed(run["run_id"])
-        self.events.publish(run["run_id"], "values", dict(snapshot.values))
-        unanswered = await self.repo.pending_for_run(run["run_id"])
-        if not unanswered:  # every answer arrived while we were parking
-            self.enqueue(run["run_id"])
+        if not unanswered:  # every answer was already in (a run caught mid-step)
+            self.enqueue(run["run_id"], run["thread_id"])
             return
-        for call in unanswered:
-            await self.push(run["user_id"], call)
+        if unanswered < len(calls):
+            for pending_call in await self.repo.pending_for_run(run["run_id"]):
+                await self.push(run["user_id"], pending_call)
+            return
+        if here:  # marked pushed in the park transaction: send them as they are
+            for _, call_id, name, args in calls:
+                frame = ToolCallFrame(
+                    id=call_id, name=name, args=args, run_context=_run_context(run)
+                )
+                await self.hub.send(run["user_id"], device_id, frame)
 
     def _any_device(self, user_id: str) -> str | None:
         connected = self.hub.connected_devices(user_id)
@@ -328,14 +359,6 @@ class RunManager:
 
     # ── answers and cancellation ─────────────────────────────────────────────
 
-    async def answer_received(self, run_id: str) -> None:
-        """After an answer is stored: queue the run once every pending call is answered."""
-        run = await self.repo.get_run(run_id)
-        if run is None or run["status"] != "interrupted":
-            return
-        if await self.repo.unanswered(run_id) == 0:
-            self.enqueue(run_id)
-
     async def cancel(self, run: dict[str, Any]) -> bool:
         """Stop the run wherever it is and tell its device."""
         devices = set(await self.repo.run_devices(run["run_id"]))
@@ -353,7 +376,41 @@ class RunManager:
         return True
 
 
-_WAIT = object()
+INTERRUPT = "__interrupt__"
+
+
+@dataclass(frozen=True)
+class Go:
+    """Stream this: a new run's input or command, a resume, or None to continue."""
+
+    payload: Any
+    resumes: bool = False  # it answers the run's open device calls
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Answers are still missing; `interrupts` to park first (empty: parked already)."""
+
+    interrupts: Sequence[Interrupt] = ()
+
+
+@dataclass
+class StepEnd:
+    """Where a step's stream stopped: the interrupts it raised and the last values."""
+
+    interrupts: list[Interrupt] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def _resume(calls: Sequence[OpenCall]) -> Go | Wait:
+    """The resume answering every open call, by interrupt then call id; Wait if one is not
+    answered yet."""
+    resume: dict[str, dict[str, Any]] = {}
+    for call in calls:
+        if call.answer is None:
+            return Wait()
+        resume.setdefault(call.interrupt_id, {})[call.call_id] = call.answer
+    return Go(Command(resume=resume), resumes=True)
 
 
 def _run_context(run: Mapping[str, Any]) -> RunContext:
