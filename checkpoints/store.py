@@ -283,13 +283,17 @@ class PostgresDatabase:
         return await self.fetch(sql, *params)
 
     async def execute(self, *statements: tuple[str, Sequence[Any]]) -> int:
-        """Run the statements in one transaction; the number of rows the last one changed."""
-        changed = 0
-        async with self.pool.connection() as conn, conn.transaction():
-            for sql, params in statements:
-                cursor = await conn.execute(sql.replace("?", "%s"), params)
-                changed = cursor.rowcount
-        return changed
+        """Run the statements in one transaction; the number of rows the last one changed.
+        Several statements go in one pipeline: one network round trip, not one each."""
+        async with self.pool.connection() as conn:
+            if len(statements) == 1:
+                sql, params = statements[0]
+                return (await conn.execute(sql.replace("?", "%s"), params)).rowcount
+            async with conn.pipeline(), conn.transaction():
+                cursors = [
+                    await conn.execute(sql.replace("?", "%s"), params) for sql, params in statements
+                ]
+        return cursors[-1].rowcount if cursors else 0
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

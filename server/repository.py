@@ -92,11 +92,15 @@ INSERT_RUN = (
     "device_id, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)"
 )
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
-SELECT_RUN_AND_ASSISTANT = (
+SELECT_STEP = (
     f"SELECT {', '.join('r.' + c.strip() for c in RUN_COLUMNS.split(','))}, "
-    "a.graph_id, a.config AS assistant_config, a.context AS assistant_context "
+    "a.graph_id, a.config AS assistant_config, a.context AS assistant_context, "
+    "c.interrupt_id, c.call_id, i.call_id AS answered, i.ok, i.payload "
     "FROM runs r LEFT JOIN assistants a ON a.assistant_id = r.assistant_id "
-    "AND a.user_id = r.user_id WHERE r.run_id = ?"
+    "AND a.user_id = r.user_id "
+    "LEFT JOIN device_calls c ON c.run_id = r.run_id AND c.done = 0 "
+    "LEFT JOIN device_inbox i ON i.call_id = c.call_id "
+    "WHERE r.run_id = ? ORDER BY c.seq"
 )
 SELECT_USER_RUN = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ? AND thread_id = ? AND user_id = ?"
@@ -115,6 +119,10 @@ START_RUN = (
     "UPDATE runs SET status = 'running', updated_at = ?, started_at = COALESCE(started_at, ?) "
     "WHERE run_id = ? AND status IN ('pending', 'running', 'interrupted')"
 )
+BUSY_IF_RUNNING = (
+    "UPDATE threads SET status = 'busy', updated_at = ? WHERE thread_id = ? "
+    "AND EXISTS (SELECT 1 FROM runs WHERE run_id = ? AND status = 'running')"
+)
 FINISH_RUN = (
     "UPDATE runs SET status = ?, error = ?, counts = ?, updated_at = ?, finished_at = ? "
     "WHERE run_id = ? AND status NOT IN ('cancelled')"
@@ -123,12 +131,15 @@ CANCEL_RUN = (
     "UPDATE runs SET status = 'cancelled', updated_at = ?, finished_at = ? "
     "WHERE run_id = ? AND status IN ('pending', 'running', 'interrupted')"
 )
-RUNS_TO_RECOVER = (
-    "SELECT run_id FROM runs WHERE status IN ('pending', 'running') "
-    "OR (status = 'interrupted' AND EXISTS (SELECT 1 FROM device_calls c WHERE c.run_id = "
+ANSWERED_PARKED = (
+    "status = 'interrupted' AND EXISTS (SELECT 1 FROM device_calls c WHERE c.run_id = "
     "runs.run_id AND c.done = 0) AND NOT EXISTS (SELECT 1 FROM device_calls c WHERE "
     "c.run_id = runs.run_id AND c.done = 0 AND c.call_id NOT IN (SELECT call_id FROM "
-    "device_inbox))) ORDER BY created_at"
+    "device_inbox))"
+)
+RUNS_TO_RECOVER = (
+    f"SELECT run_id FROM runs WHERE status IN ('pending', 'running') OR ({ANSWERED_PARKED}) "
+    "ORDER BY created_at"
 )
 
 # ── Device outbox and inbox ───────────────────────────────────────────────────
@@ -161,24 +172,21 @@ UNPUSHED_FOR_DEVICE = (
 )
 MARK_PUSHED = "UPDATE device_calls SET pushed_at = ? WHERE call_id = ?"
 SELECT_CALL = "SELECT call_id, run_id, user_id, device_id, done FROM device_calls WHERE call_id = ?"
+#: The answer, with what the run needs next: whether the *other* open calls of its run are
+#: answered (counted without this call, so whether the row just inserted is visible to the
+#: subquery, as on SQLite, or not, as on Postgres, does not matter).
 STORE_ANSWER = (
     "INSERT INTO device_inbox (call_id, run_id, ok, payload, received_at) "
     "SELECT call_id, run_id, ?, ?, ? FROM device_calls WHERE call_id = ? AND user_id = ? "
     "AND (device_id = ? OR device_id IS NULL) AND done = 0 "
-    "ON CONFLICT (call_id) DO NOTHING RETURNING run_id"
-)
-UNANSWERED = (
-    "SELECT count(*) FROM device_calls c WHERE c.run_id = runs.run_id AND c.done = 0 "
-    "AND NOT EXISTS (SELECT 1 FROM device_inbox i WHERE i.call_id = c.call_id)"
-)
-RUN_READINESS = f"SELECT thread_id, status, ({UNANSWERED}) AS unanswered FROM runs WHERE run_id = ?"
-OPEN_CALLS = (
-    "SELECT c.interrupt_id, c.call_id, i.ok, i.payload, i.call_id AS answered "
-    "FROM device_calls c LEFT JOIN device_inbox i ON i.call_id = c.call_id "
-    "WHERE c.run_id = ? AND c.done = 0 ORDER BY c.seq"
+    "ON CONFLICT (call_id) DO NOTHING RETURNING run_id, "
+    "(SELECT r.thread_id FROM runs r WHERE r.run_id = device_inbox.run_id) AS thread_id, "
+    "(SELECT r.status FROM runs r WHERE r.run_id = device_inbox.run_id) AS status, "
+    "(SELECT count(*) FROM device_calls c WHERE c.run_id = device_inbox.run_id AND c.done = 0 "
+    "AND c.call_id <> device_inbox.call_id AND NOT EXISTS "
+    "(SELECT 1 FROM device_inbox i WHERE i.call_id = c.call_id)) AS others_unanswered"
 )
 CLOSE_OPEN_CALLS = "UPDATE device_calls SET done = 1 WHERE run_id = ? AND done = 0"
-COUNT_UNANSWERED = f"SELECT ({UNANSWERED}) AS n FROM runs WHERE run_id = ?"
 DELETE_RUN_CALLS = "DELETE FROM device_calls WHERE run_id = ?"
 DELETE_RUN_INBOX = "DELETE FROM device_inbox WHERE run_id = ?"
 RUN_DEVICES = (
@@ -212,6 +220,7 @@ NEXT_DEVICE_RUN = (
     "AND status = 'pending' ORDER BY created_at, run_id LIMIT 1"
 )
 STALE_PENDING = "SELECT run_id FROM runs WHERE status = 'pending' AND created_at < ?"
+STALE_ANSWERED = f"SELECT run_id FROM runs WHERE {ANSWERED_PARKED} AND updated_at < ?"
 ASSISTANT_RUNS = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE assistant_id = ? AND user_id = ? "
     "ORDER BY created_at DESC"
@@ -244,6 +253,15 @@ class OpenCall:
     interrupt_id: str
     call_id: str
     answer: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Execution:
+    """What executing a run starts from."""
+
+    run: dict[str, Any]
+    assistant: dict[str, Any] | None
+    open_calls: list[OpenCall]
 
 
 class ThreadBusy(Exception):
@@ -491,33 +509,41 @@ class Repository:
         rows = await self.db.fetch(SELECT_ACTIVE_RUN, thread_id)
         return _run(rows[0]) if rows else None
 
-    async def run_to_execute(
-        self, run_id: str
-    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """(the run, its assistant) in one read; the assistant is None once deleted."""
-        rows = await self.db.fetch(SELECT_RUN_AND_ASSISTANT, run_id)
+    async def execution(self, run_id: str) -> "Execution | None":
+        """A run as a step needs it, in one read: the run, its assistant (None once deleted)
+        and its open calls with their answers so far."""
+        rows = await self.db.fetch(SELECT_STEP, run_id)
         if not rows:
-            return None, None
-        row = rows[0]
-        run = _run(row)
-        if row["graph_id"] is None:
-            return run, None
-        assistant = {
-            "assistant_id": run["assistant_id"],
-            "graph_id": row["graph_id"],
-            "config": _loads(row["assistant_config"]),
-            "context": _loads(row["assistant_context"]),
-        }
-        return run, assistant
+            return None
+        first = rows[0]
+        assistant = None
+        if first["graph_id"] is not None:
+            assistant = {
+                "assistant_id": first["assistant_id"],
+                "graph_id": first["graph_id"],
+                "config": _loads(first["assistant_config"]),
+                "context": _loads(first["assistant_context"]),
+            }
+        calls = [
+            OpenCall(
+                interrupt_id=str(row["interrupt_id"]),
+                call_id=str(row["call_id"]),
+                answer=None if row["answered"] is None else _bridge_result(row),
+            )
+            for row in rows
+            if row["call_id"] is not None
+        ]
+        return Execution(_run(first), assistant, calls)
 
     async def start_step(self, run: dict[str, Any]) -> bool:
         """The run is running and its thread busy (one transaction); False if it has ended."""
         stamp = now()
-        async with self.db.transaction() as tx:
-            started = await tx.run(START_RUN, stamp, stamp, run["run_id"])
-            if started:
-                await tx.run(UPDATE_THREAD_STATUS, "busy", stamp, run["thread_id"])
-        return bool(started)
+        return bool(
+            await self.db.execute(
+                (START_RUN, (stamp, stamp, run["run_id"])),
+                (BUSY_IF_RUNNING, (stamp, run["thread_id"], run["run_id"])),
+            )
+        )
 
     async def park_run(
         self,
@@ -527,21 +553,23 @@ class Repository:
         device_id: str | None,
         pushed: bool = False,
         resumed: bool = False,
-    ) -> int:
+    ) -> None:
         """Store the calls of the pending interrupts (interrupt id, call id, name, args) and
-        mark the run and its thread interrupted, in one transaction; the number of those calls
-        still unanswered. `resumed`: the step just run consumed the run's open calls and their
-        answers (they are closed and the answers dropped in the same transaction). `pushed`:
-        this process holds the device's socket and sends them next (no other process needs
-        to)."""
+        mark the run and its thread interrupted, in one transaction. `resumed`: the step just
+        run consumed the run's open calls and their answers (they are closed and the answers
+        dropped in the same transaction). `pushed`: this process holds the device's socket
+        and sends them next (no other process needs to)."""
         stamp = now()
-        async with self.db.transaction() as tx:
-            if resumed:
-                await tx.run(CLOSE_OPEN_CALLS, run["run_id"])
-                await tx.run(DELETE_RUN_INBOX, run["run_id"])
-            for seq, (interrupt_id, call_id, name, args) in enumerate(calls):
-                await tx.run(
-                    INSERT_CALL,
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        if resumed:
+            statements += [
+                (CLOSE_OPEN_CALLS, (run["run_id"],)),
+                (DELETE_RUN_INBOX, (run["run_id"],)),
+            ]
+        statements += [
+            (
+                INSERT_CALL,
+                (
                     call_id,
                     run["run_id"],
                     run["thread_id"],
@@ -553,11 +581,13 @@ class Repository:
                     seq,
                     stamp,
                     stamp if pushed else None,
-                )
-            await tx.run(SET_RUN_STATUS, "interrupted", stamp, run["run_id"])
-            await tx.run(UPDATE_THREAD_STATUS, "interrupted", stamp, run["thread_id"])
-            rows = await tx.fetch(COUNT_UNANSWERED, run["run_id"])
-        return int(rows[0]["n"])
+                ),
+            )
+            for seq, (interrupt_id, call_id, name, args) in enumerate(calls)
+        ]
+        statements.append((SET_RUN_STATUS, ("interrupted", stamp, run["run_id"])))
+        statements.append((UPDATE_THREAD_STATUS, ("interrupted", stamp, run["thread_id"])))
+        await self.db.execute(*statements)
 
     async def finish_run(
         self,
@@ -618,14 +648,9 @@ class Repository:
             STORE_ANSWER, int(ok), json.dumps(payload), now(), call_id, user_id, device_id
         )
         if stored:
-            run_id = str(stored[0]["run_id"])
-            rows = await self.db.fetch(RUN_READINESS, run_id)
-            completes = bool(rows) and (rows[0]["status"], rows[0]["unanswered"]) == (
-                "interrupted",
-                0,
-            )
-            thread_id = str(rows[0]["thread_id"]) if rows else None
-            return Answer("stored", run_id, thread_id, completes)
+            row = stored[0]
+            completes = row["status"] == "interrupted" and row["others_unanswered"] == 0
+            return Answer("stored", str(row["run_id"]), str(row["thread_id"]), completes)
         rows = await self.db.fetch(SELECT_CALL, call_id)
         if (
             not rows
@@ -635,17 +660,6 @@ class Repository:
             return Answer("unknown")
         run_id = str(rows[0]["run_id"])
         return Answer("late" if rows[0]["done"] else "duplicate", run_id)
-
-    async def open_calls(self, run_id: str) -> list[OpenCall]:
-        """The run's calls not yet consumed by a resume, with the answers stored so far."""
-        return [
-            OpenCall(
-                interrupt_id=str(row["interrupt_id"]),
-                call_id=str(row["call_id"]),
-                answer=None if row["answered"] is None else _bridge_result(row),
-            )
-            for row in await self.db.fetch(OPEN_CALLS, run_id)
-        ]
 
     async def run_devices(self, run_id: str) -> list[str]:
         return [str(r["device_id"]) for r in await self.db.fetch(RUN_DEVICES, run_id)]
@@ -756,6 +770,12 @@ class Repository:
 
     async def stale_pending_runs(self, *, before: str) -> list[str]:
         return [str(r["run_id"]) for r in await self.db.fetch(STALE_PENDING, before)]
+
+    async def stale_answered_runs(self, *, before: str) -> list[str]:
+        """Runs parked before `before` whose calls are all answered yet which nobody resumed
+        (two answers of one run stored at once by two connections each see the other
+        missing)."""
+        return [str(r["run_id"]) for r in await self.db.fetch(STALE_ANSWERED, before)]
 
     # run history and watermarks per assistant
 

@@ -34,7 +34,7 @@ from server.events import RunEvents
 from server.graphs import GraphRegistry
 from server.hub import DeviceHub
 from server.locks import ThreadLocks
-from server.repository import FINAL_STATUSES, OpenCall, PendingCall, Repository
+from server.repository import FINAL_STATUSES, Execution, OpenCall, PendingCall, Repository
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +118,13 @@ class RunManager:
                 return
             thread_id = found["thread_id"]
         async with self.locks.hold(thread_id):
-            run, assistant = await self.repo.run_to_execute(run_id)  # strict: under the lock
-            if run is None or run["status"] in FINAL_STATUSES:
+            execution = await self.repo.execution(run_id)  # strict: read under the lock
+            if execution is None or execution.run["status"] in FINAL_STATUSES:
                 return
-            await self._step(run, assistant)
+            await self._step(execution)
 
-    async def _step(self, run: dict[str, Any], assistant: dict[str, Any] | None) -> None:
+    async def _step(self, execution: Execution) -> None:
+        run, assistant = execution.run, execution.assistant
         if assistant is None or assistant["graph_id"] not in self.graphs:
             await self._finish(run, "error", {}, "The run's assistant no longer exists.")
             return
@@ -136,10 +137,10 @@ class RunManager:
             return
         if await self._waits_for_its_device(run):
             return
-        step = await self._next_step(run, assistant, graph, config)
+        step = await self._next_step(execution, assistant, graph, config)
         if isinstance(step, Wait):
             if step.interrupts:
-                await self._park(run, step.interrupts)
+                await self._park(run, step.interrupts, fresh=False)
             return
         if not await self.repo.start_step(run):
             return  # cancelled meanwhile
@@ -168,7 +169,7 @@ class RunManager:
 
     async def _next_step(
         self,
-        run: dict[str, Any],
+        execution: Execution,
         assistant: dict[str, Any],
         graph: Pregel[Any, Any, Any, Any],
         config: RunnableConfig,
@@ -179,10 +180,9 @@ class RunManager:
         pending device interrupts, because the checkpoint moves only in a step, under this
         lock, and every step ends by parking (which replaces the open calls) or finishing.
         Other runs (new, or caught mid-step by a crash) read their checkpoint."""
-        if run["status"] == "interrupted":
-            calls = await self.repo.open_calls(run["run_id"])
-            if calls:
-                return _resume(calls)
+        run = execution.run
+        if run["status"] == "interrupted" and execution.open_calls:
+            return _resume(execution.open_calls)
         snapshot = await graph.aget_state(config)
         started = (
             snapshot.metadata is not None and snapshot.metadata.get(RUN_ID_KEY) == run["run_id"]
@@ -200,7 +200,7 @@ class RunManager:
         device = [i for i in snapshot.interrupts if is_device_request(i.value)]
         if not device:
             return Go(None)  # killed mid-step: continue from the last checkpoint
-        answers = {c.call_id: c.answer for c in await self.repo.open_calls(run["run_id"])}
+        answers = {c.call_id: c.answer for c in execution.open_calls}
         calls = [
             OpenCall(i.id, call["id"], answers.get(call["id"]))
             for i in device
@@ -258,9 +258,16 @@ class RunManager:
         await self._finish(run, status, counts, error)
 
     async def _park(
-        self, run: dict[str, Any], interrupts: Sequence[Interrupt], *, resumed: bool = False
+        self,
+        run: dict[str, Any],
+        interrupts: Sequence[Interrupt],
+        *,
+        resumed: bool = False,
+        fresh: bool = True,
     ) -> None:
-        """Store the pending calls, mark the run interrupted, then push them."""
+        """Store the pending calls, mark the run interrupted, then push them. `fresh`: the
+        interrupts were raised by the step just run, so no call of theirs can have been
+        answered; otherwise (a run caught mid-step by a crash) some may have been."""
         device_id = run["device_id"] or self._any_device(run["user_id"])
         calls = [
             (pending.id, call["id"], call["name"], call["args"])
@@ -268,23 +275,23 @@ class RunManager:
             for call in pending.value["calls"]
         ]
         here = device_id is not None and self.hub.get(run["user_id"], device_id) is not None
-        unanswered = await self.repo.park_run(
+        await self.repo.park_run(
             run=run, calls=calls, device_id=device_id, pushed=here, resumed=resumed
         )
         self.events.status_changed(run["run_id"])
-        if not unanswered:  # every answer was already in (a run caught mid-step)
+        if fresh:
+            if here:  # marked pushed in the park transaction: send them as they are
+                for _, call_id, name, args in calls:
+                    frame = ToolCallFrame(
+                        id=call_id, name=name, args=args, run_context=_run_context(run)
+                    )
+                    await self.hub.send(run["user_id"], device_id, frame)
+            return
+        unanswered = await self.repo.pending_for_run(run["run_id"])
+        if not unanswered:  # every answer was already in
             self.enqueue(run["run_id"], run["thread_id"])
-            return
-        if unanswered < len(calls):
-            for pending_call in await self.repo.pending_for_run(run["run_id"]):
-                await self.push(run["user_id"], pending_call)
-            return
-        if here:  # marked pushed in the park transaction: send them as they are
-            for _, call_id, name, args in calls:
-                frame = ToolCallFrame(
-                    id=call_id, name=name, args=args, run_context=_run_context(run)
-                )
-                await self.hub.send(run["user_id"], device_id, frame)
+        for pending_call in unanswered:
+            await self.push(run["user_id"], pending_call)
 
     def _any_device(self, user_id: str) -> str | None:
         connected = self.hub.connected_devices(user_id)

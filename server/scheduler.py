@@ -108,7 +108,8 @@ class Scheduler:
             await self.runs.repo.set_online(user_id=user_id, device_id=device_id, until=None)
 
     async def tick(self) -> list[str]:
-        """Renew presence, fire due crons, and queue runs another process left pending."""
+        """Renew presence, fire due crons, and queue runs another process left pending (or
+        answered yet not resumed)."""
         async with self._tick_lock:
             now = self.clock()
             until = iso(now + timedelta(seconds=self.presence_ttl))
@@ -122,7 +123,10 @@ class Scheduler:
             for run_id in fired:
                 self.runs.enqueue(run_id)
             stale = iso(now - timedelta(seconds=self.stale_after))
-            for run_id in await self.runs.repo.stale_pending_runs(before=stale):
+            for run_id in [
+                *await self.runs.repo.stale_pending_runs(before=stale),
+                *await self.runs.repo.stale_answered_runs(before=stale),
+            ]:
                 if run_id not in fired and run_id not in self.runs.executing:
                     self.runs.enqueue(run_id)
             return fired
