@@ -52,7 +52,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.pregel import Pregel
-from langgraph.types import Command, interrupt
+from langgraph.types import Command, Durability, interrupt
 from typing_extensions import TypedDict
 
 from checkpoints.factory import open_checkpointer
@@ -198,8 +198,9 @@ def baseline_loop(saver: BaseCheckpointSaver, opening: Sequence[BaseMessage]) ->
 class Driver:
     """One thread of one loop: started, then resumed one device answer at a time."""
 
-    def __init__(self, loop: Loop) -> None:
+    def __init__(self, loop: Loop, durability: Durability = "sync") -> None:
         self.loop = loop
+        self.durability: Durability = durability
         self.config: RunnableConfig = {"configurable": {"thread_id": f"bench-{uuid.uuid4()}"}}
         self.output: dict[str, Any] = {}
         self.timings: list[float] = []
@@ -219,7 +220,7 @@ class Driver:
     async def _invoke(self, payload: Any) -> dict[str, Any]:
         loop = self.loop
         output = await loop.graph.ainvoke(
-            payload, self.config, context=loop.context, durability="sync"
+            payload, self.config, context=loop.context, durability=self.durability
         )
         if not isinstance(output, dict) or not output.get("__interrupt__"):
             raise RuntimeError(f"the loop stopped without a device interrupt: {output!r}")

@@ -31,6 +31,8 @@ NOT_SQLITE = "{path} is not a SQLite database ({error})."
 POSTGRES_UNREACHABLE = "Cannot reach Postgres at {url}: {error}"
 #: A pooled connection idle for longer than this is pinged before it is handed out.
 IDLE_CHECK_SECONDS = 5.0
+#: psycopg's own default: a statement is prepared on its fifth execution.
+PSYCOPG_PREPARE_THRESHOLD = 5
 
 
 class StorageError(RuntimeError):
@@ -72,15 +74,21 @@ class IdleCheck:
 
 @asynccontextmanager
 async def postgres_pool(
-    url: str, *, max_size: int = 10
+    url: str, *, max_size: int = 10, prepare: bool = False
 ) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[DictRow]]]:
-    """A psycopg pool with the settings the LangGraph savers need."""
+    """A psycopg pool with the settings the LangGraph savers need. `prepare`: statements
+    used repeatedly become server-side prepared statements (psycopg's default threshold),
+    which spares Postgres planning them on every call; the savers' pool keeps them off."""
     pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
         url,
         min_size=1,
         max_size=max_size,
         open=False,
-        kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": None},
+        kwargs={
+            "autocommit": True,
+            "row_factory": dict_row,
+            "prepare_threshold": PSYCOPG_PREPARE_THRESHOLD if prepare else None,
+        },
         check=IdleCheck(),
     )
     try:

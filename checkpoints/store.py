@@ -340,11 +340,15 @@ async def migrate(db: Database) -> None:
 
 
 @asynccontextmanager
-async def open_database(url: str, *, pool_size: int = 4) -> AsyncIterator[Database]:
-    """The application database `url` names (memory: a private SQLite), migrated."""
+async def open_database(
+    url: str, *, pool_size: int = 4, prepare: bool = True
+) -> AsyncIterator[Database]:
+    """The application database `url` names (memory: a private SQLite), migrated.
+    `prepare`: server-side prepared statements on Postgres (off behind a PgBouncer in
+    transaction mode older than 1.21)."""
     kind = storage_kind(url)
     if kind == "postgres":
-        async with postgres_pool(url, max_size=pool_size) as pool:
+        async with postgres_pool(url, max_size=pool_size, prepare=prepare) as pool:
             postgres = PostgresDatabase(pool)
             await migrate(postgres)
             yield postgres

@@ -30,7 +30,9 @@ def create_app(settings: Settings | None = None, *, model: BaseChatModel | None 
         url = settings.database_url
         async with (
             open_checkpointers(url, count=settings.savers, pool_size=settings.pool_size) as savers,
-            open_database(url, pool_size=settings.pool_size) as db,
+            open_database(
+                url, pool_size=settings.pool_size, prepare=settings.prepared_statements
+            ) as db,
         ):
             choice = load_chat_model()
             repo = Repository(db)
@@ -43,6 +45,7 @@ def create_app(settings: Settings | None = None, *, model: BaseChatModel | None 
                 events=events,
                 locks=ThreadLocks(db),
                 workers=settings.workers,
+                durability=settings.durability,
             )
             app.state.services = Services(
                 settings=settings,

@@ -70,16 +70,29 @@ SEARCH_ASSISTANTS = f"SELECT {ASSISTANT_COLUMNS} FROM assistants WHERE user_id =
 # ── Threads ───────────────────────────────────────────────────────────────────
 
 THREAD_COLUMNS = "thread_id, user_id, status, metadata, created_at, updated_at"
+#: A thread's status is its active run's while it has one (busy, or interrupted while the run
+#: waits on its device), else the one its last run left (idle, error, or interrupted for a
+#: human); so a device round trip writes the run's status only.
+THREAD_STATUS = (
+    "CASE (SELECT r.status FROM runs r WHERE r.thread_id = threads.thread_id "
+    "AND r.status IN ('pending', 'running', 'interrupted')) "
+    "WHEN 'interrupted' THEN 'interrupted' WHEN 'pending' THEN 'busy' "
+    "WHEN 'running' THEN 'busy' ELSE threads.status END"
+)
+THREAD_READ = f"thread_id, user_id, {THREAD_STATUS} AS status, metadata, created_at, updated_at"
 INSERT_THREAD = (
     f"INSERT INTO threads ({THREAD_COLUMNS}) VALUES (?, ?, 'idle', ?, ?, ?) "
     "ON CONFLICT (thread_id) DO NOTHING"
 )
-SELECT_THREAD = f"SELECT {THREAD_COLUMNS} FROM threads WHERE thread_id = ? AND user_id = ?"
+SELECT_THREAD = f"SELECT {THREAD_READ} FROM threads WHERE thread_id = ? AND user_id = ?"
 UPDATE_THREAD_STATUS = "UPDATE threads SET status = ?, updated_at = ? WHERE thread_id = ?"
 UPDATE_THREAD_METADATA = "UPDATE threads SET metadata = ?, updated_at = ? WHERE thread_id = ?"
 DELETE_THREAD = "DELETE FROM threads WHERE thread_id = ? AND user_id = ?"
 DELETE_THREAD_RUNS = "DELETE FROM runs WHERE thread_id = ?"
-SEARCH_THREADS = f"SELECT {THREAD_COLUMNS} FROM threads WHERE user_id = ?"
+SEARCH_THREADS = (
+    f"SELECT {THREAD_COLUMNS} FROM (SELECT {THREAD_READ} FROM threads WHERE user_id = ?) AS t "
+    "WHERE 1 = 1"
+)
 
 # ── Runs ──────────────────────────────────────────────────────────────────────
 
@@ -118,10 +131,6 @@ SET_RUN_STATUS = "UPDATE runs SET status = ?, updated_at = ? WHERE run_id = ?"
 START_RUN = (
     "UPDATE runs SET status = 'running', updated_at = ?, started_at = COALESCE(started_at, ?) "
     "WHERE run_id = ? AND status IN ('pending', 'running', 'interrupted')"
-)
-BUSY_IF_RUNNING = (
-    "UPDATE threads SET status = 'busy', updated_at = ? WHERE thread_id = ? "
-    "AND EXISTS (SELECT 1 FROM runs WHERE run_id = ? AND status = 'running')"
 )
 FINISH_RUN = (
     "UPDATE runs SET status = ?, error = ?, counts = ?, updated_at = ?, finished_at = ? "
@@ -418,9 +427,6 @@ class Repository:
         rows = await self.db.fetch(SELECT_THREAD, thread_id, user_id)
         return _thread(rows[0]) if rows else None
 
-    async def set_thread_status(self, *, thread_id: str, status: str) -> None:
-        await self.db.execute((UPDATE_THREAD_STATUS, (status, now(), thread_id)))
-
     async def update_thread_metadata(self, *, thread_id: str, metadata: dict[str, Any]) -> None:
         await self.db.execute((UPDATE_THREAD_METADATA, (json.dumps(metadata), now(), thread_id)))
 
@@ -536,14 +542,9 @@ class Repository:
         return Execution(_run(first), assistant, calls)
 
     async def start_step(self, run: dict[str, Any]) -> bool:
-        """The run is running and its thread busy (one transaction); False if it has ended."""
+        """The run is running (its thread busy); False if it has ended."""
         stamp = now()
-        return bool(
-            await self.db.execute(
-                (START_RUN, (stamp, stamp, run["run_id"])),
-                (BUSY_IF_RUNNING, (stamp, run["thread_id"], run["run_id"])),
-            )
-        )
+        return bool(await self.db.execute((START_RUN, (stamp, stamp, run["run_id"]))))
 
     async def park_run(
         self,
@@ -555,7 +556,7 @@ class Repository:
         resumed: bool = False,
     ) -> None:
         """Store the calls of the pending interrupts (interrupt id, call id, name, args) and
-        mark the run and its thread interrupted, in one transaction. `resumed`: the step just
+        mark the run (so its thread) interrupted, in one transaction. `resumed`: the step just
         run consumed the run's open calls and their answers (they are closed and the answers
         dropped in the same transaction). `pushed`: this process holds the device's socket
         and sends them next (no other process needs to)."""
@@ -586,7 +587,6 @@ class Repository:
             for seq, (interrupt_id, call_id, name, args) in enumerate(calls)
         ]
         statements.append((SET_RUN_STATUS, ("interrupted", stamp, run["run_id"])))
-        statements.append((UPDATE_THREAD_STATUS, ("interrupted", stamp, run["thread_id"])))
         await self.db.execute(*statements)
 
     async def finish_run(

@@ -13,6 +13,14 @@ calls it answered and opens the new ones, in one transaction) or by finishing. W
 stopped comes from its own stream (the `__interrupt__` updates and the last values), so a
 round trip loads the checkpoint once, in the graph itself.
 
+Checkpoints are written with the server's `durability` (default `exit`: once per step, when
+the graph returns). That is safe for device side effects (invariant 10): calls are pushed only
+after the step has returned, so after its checkpoint and pending writes are stored, and the
+answers a step consumes leave the inbox only in the transaction that parks or finishes the
+run. A crash mid-step loses only that step's work: recovery reads the checkpoint, finds the
+same device interrupts, resumes them with the same stored answers, and calls the model again
+(`tests/test_server_e2e.py::test_server_killed_mid_run_and_restarted`, `mid-model-step`).
+
 One run record spans the whole job: device round trips and server restarts do not end it.
 """
 
@@ -24,7 +32,7 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
-from langgraph.types import Command, Interrupt
+from langgraph.types import Command, Durability, Interrupt
 from pydantic import TypeAdapter, ValidationError
 
 from device.protocol import RunComplete, RunContext, RunProgress, ToolCallFrame
@@ -58,10 +66,12 @@ class RunManager:
         events: RunEvents,
         locks: ThreadLocks,
         workers: int,
+        durability: Durability = "exit",
     ) -> None:
         self.repo, self.graphs, self.hub, self.events, self.locks = repo, graphs, hub, events, locks
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.worker_count = workers
+        self.durability: Durability = durability
         self.workers: list[asyncio.Task[None]] = []
         self.executing: dict[str, asyncio.Task[None]] = {}
         self.cancelling: set[str] = set()
@@ -225,7 +235,7 @@ class RunManager:
             payload,
             config,
             context=context,
-            durability="sync",
+            durability=self.durability,
             stream_mode=["values", "updates", "custom"],
         ):
             self.events.publish(run_id, str(mode), data)

@@ -1,5 +1,7 @@
 """Server settings, from the environment (`RELAYGRAPH_*`, `DATABASE_URL`) and the command line."""
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -31,6 +33,18 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Postgres checkpointers; each runs one operation at a time.",
+    )
+    durability: Literal["exit", "async", "sync"] = Field(
+        default="exit",
+        description="When a run's checkpoints are written: at the end of each step between "
+        "device round trips (exit), or also after every graph step (async, sync). Device "
+        "calls go out only after the step's checkpoint is written whichever you choose; see "
+        "docs/architecture.md.",
+    )
+    prepared_statements: bool = Field(
+        default=True,
+        description="Postgres prepared statements for the server's own queries (turn off "
+        "behind a PgBouncer in transaction mode older than 1.21).",
     )
     production: bool = Field(default=False, description="Refuse the embedded defaults.")
     scheduler_interval: float = Field(default=5.0, gt=0, description="Seconds between ticks.")
