@@ -26,6 +26,10 @@ class RunEvents:
         if not queues:
             self._queues.pop(run_id, None)
 
+    def watched(self, run_id: str) -> bool:
+        """Whether anyone streams this run now."""
+        return bool(self._queues.get(run_id))
+
     def publish(self, run_id: str, event: str, data: Any) -> None:
         for queue in self._queues.get(run_id, []):
             queue.put_nowait((event, data))

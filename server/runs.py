@@ -32,7 +32,7 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
-from langgraph.types import Command, Durability, Interrupt
+from langgraph.types import Command, Durability, Interrupt, StreamMode
 from pydantic import TypeAdapter, ValidationError
 
 from device.protocol import RunComplete, RunContext, RunProgress, ToolCallFrame
@@ -168,6 +168,8 @@ class RunManager:
         if end is None:  # cancelled, and stopped at a step boundary: nothing more
             self.cancelling.discard(run["run_id"])
             return
+        if not end.interrupts and not end.has_values:  # finished, unwatched: read its values
+            end.values = dict((await graph.aget_state(config)).values)
         await self._after(run, assistant, end, resumed=step.resumes)
 
     async def _waits_for_its_device(self, run: dict[str, Any]) -> bool:
@@ -228,15 +230,16 @@ class RunManager:
         context: AgentContext,
     ) -> "StepEnd | None":
         """Stream the step to the run's subscribers and device; where the graph stopped (None
-        when the run was cancelled)."""
+        when the run was cancelled). The state's values are streamed only while someone
+        watches the run (each costs a chunk per graph step); a finished run reads its final
+        values once, in `_after`."""
         run_id = run["run_id"]
         end = StepEnd()
+        modes: list[StreamMode] = ["updates", "custom"]
+        if self.events.watched(run_id):
+            modes.append("values")
         async for mode, data in graph.astream(
-            payload,
-            config,
-            context=context,
-            durability=self.durability,
-            stream_mode=["values", "updates", "custom"],
+            payload, config, context=context, durability=self.durability, stream_mode=modes
         ):
             self.events.publish(run_id, str(mode), data)
             if mode == "custom" and isinstance(data, Mapping):
@@ -245,6 +248,7 @@ class RunManager:
                 end.interrupts.extend(data[INTERRUPT])
             elif mode == "values" and isinstance(data, Mapping):
                 end.values = {k: v for k, v in data.items() if k != INTERRUPT}
+                end.has_values = True
             if run_id in self.cancelling:
                 return None
         return end
@@ -417,6 +421,7 @@ class StepEnd:
 
     interrupts: list[Interrupt] = field(default_factory=list)
     values: dict[str, Any] = field(default_factory=dict)
+    has_values: bool = False  # values were streamed (someone watched the run)
 
 
 def _resume(calls: Sequence[OpenCall]) -> Go | Wait:
