@@ -230,6 +230,11 @@ NEXT_DEVICE_RUN = (
 )
 STALE_PENDING = "SELECT run_id FROM runs WHERE status = 'pending' AND created_at < ?"
 STALE_ANSWERED = f"SELECT run_id FROM runs WHERE {ANSWERED_PARKED} AND updated_at < ?"
+#: A parked run whose every open call is answered becomes running (to be resumed).
+CLAIM_ANSWERED = (
+    "UPDATE runs SET status = 'running', updated_at = ?, started_at = COALESCE(started_at, ?) "
+    f"WHERE run_id = ? AND {ANSWERED_PARKED} RETURNING run_id"
+)
 ASSISTANT_RUNS = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE assistant_id = ? AND user_id = ? "
     "ORDER BY created_at DESC"
@@ -271,6 +276,8 @@ class Execution:
     run: dict[str, Any]
     assistant: dict[str, Any] | None
     open_calls: list[OpenCall]
+    #: The run was parked with every call answered and is now `running`: resume those calls.
+    claimed: bool = False
 
 
 class ThreadBusy(Exception):
@@ -515,10 +522,18 @@ class Repository:
         rows = await self.db.fetch(SELECT_ACTIVE_RUN, thread_id)
         return _run(rows[0]) if rows else None
 
-    async def execution(self, run_id: str) -> "Execution | None":
-        """A run as a step needs it, in one read: the run, its assistant (None once deleted)
-        and its open calls with their answers so far."""
-        rows = await self.db.fetch(SELECT_STEP, run_id)
+    @staticmethod
+    def execution_reads(run_id: str) -> list[tuple[str, tuple[Any, ...]]]:
+        """What a step reads first, under its thread's lock: claim the run if it is parked
+        with every answer in, then read it (`execution_of` makes the result an `Execution`)."""
+        stamp = now()
+        return [(CLAIM_ANSWERED, (stamp, stamp, run_id)), (SELECT_STEP, (run_id,))]
+
+    @staticmethod
+    def execution_of(results: list[list[dict[str, Any]]]) -> "Execution | None":
+        """A run as a step needs it: the run, its assistant (None once deleted), and its open
+        calls with their answers so far; None if the run does not exist."""
+        claimed, rows = results
         if not rows:
             return None
         first = rows[0]
@@ -539,7 +554,7 @@ class Repository:
             for row in rows
             if row["call_id"] is not None
         ]
-        return Execution(_run(first), assistant, calls)
+        return Execution(_run(first), assistant, calls, claimed=bool(claimed))
 
     async def start_step(self, run: dict[str, Any]) -> bool:
         """The run is running (its thread busy); False if it has ended."""

@@ -127,8 +127,8 @@ class RunManager:
             if found is None or found["status"] in FINAL_STATUSES:
                 return
             thread_id = found["thread_id"]
-        async with self.locks.hold(thread_id):
-            execution = await self.repo.execution(run_id)  # strict: read under the lock
+        async with self.locks.hold(thread_id, *self.repo.execution_reads(run_id)) as results:
+            execution = self.repo.execution_of(results)  # strict: read under the lock
             if execution is None or execution.run["status"] in FINAL_STATUSES:
                 return
             await self._step(execution)
@@ -152,7 +152,7 @@ class RunManager:
             if step.interrupts:
                 await self._park(run, step.interrupts, fresh=False)
             return
-        if not await self.repo.start_step(run):
+        if not execution.claimed and not await self.repo.start_step(run):
             return  # cancelled meanwhile
         self.events.status_changed(run["run_id"])
         try:
@@ -188,12 +188,13 @@ class RunManager:
     ) -> "Go | Wait":
         """What to stream next, or what the run waits for.
 
-        A parked run (`interrupted`) resumes from the outbox: its open calls are exactly the
-        pending device interrupts, because the checkpoint moves only in a step, under this
-        lock, and every step ends by parking (which replaces the open calls) or finishing.
-        Other runs (new, or caught mid-step by a crash) read their checkpoint."""
+        A parked run resumes from the outbox (claimed, when every answer is in): its open
+        calls are exactly the pending device interrupts, because the checkpoint moves only in
+        a step, under this lock, and every step ends by parking (which replaces the open
+        calls) or finishing. Other runs (new, or caught mid-step by a crash) read their
+        checkpoint."""
         run = execution.run
-        if run["status"] == "interrupted" and execution.open_calls:
+        if execution.claimed or (run["status"] == "interrupted" and execution.open_calls):
             return _resume(execution.open_calls)
         snapshot = await graph.aget_state(config)
         started = (
