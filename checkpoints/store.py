@@ -8,12 +8,13 @@ pattern). The same SQL runs on SQLite and Postgres (`?` becomes `%s` for psycopg
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from functools import partial
+from typing import Any, Protocol, TypeVar, cast
 
-import aiosqlite
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
@@ -143,6 +144,7 @@ MIGRATIONS: Sequence[str] = (
 )
 
 SQLITE_BUSY_MS = 10_000
+T = TypeVar("T")
 
 CREATE_VERSIONS = "CREATE TABLE IF NOT EXISTS relaygraph_migrations (v INTEGER PRIMARY KEY)"
 SELECT_VERSION = "SELECT max(v) AS v FROM relaygraph_migrations"
@@ -181,74 +183,114 @@ class Database(Protocol):
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]: ...
     async def write(self, sql: str, *params: Any) -> list[dict[str, Any]]: ...
     async def execute(self, *statements: tuple[str, Sequence[Any]]) -> int: ...
+    async def results(
+        self, *statements: tuple[str, Sequence[Any]]
+    ) -> list[list[dict[str, Any]]]: ...
     def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
 
 
 class SqliteDatabase:
-    """One aiosqlite connection; a lock keeps each transaction whole among coroutines."""
+    """One sqlite3 connection used from one thread of its own: each call is one hop to that
+    thread, whatever it runs (a transaction of several statements included); an asyncio lock
+    keeps a `transaction()` whole among coroutines."""
 
     kind = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
         self.conn = conn
+        self.thread = thread
         self.lock = asyncio.Lock()
 
+    @classmethod
+    async def connect(cls, path: str) -> "SqliteDatabase":
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relaygraph-sqlite")
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(
+                thread, partial(sqlite3.connect, path, check_same_thread=False)
+            )
+        except BaseException:
+            thread.shutdown(wait=False)
+            raise
+        return cls(conn, thread)
+
+    async def close(self) -> None:
+        await self._hop(self.conn.close)
+        self.thread.shutdown(wait=True)
+
+    async def _hop(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.thread, work)
+
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
-        async with self.lock, self.conn.execute(sql, params) as cursor:
-            names = [c[0] for c in cursor.description or []]
-            return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+        async with self.lock:
+            return await self._hop(partial(_rows, self.conn, sql, params))
 
     async def write(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         """Run one writing statement and commit; the rows of its `RETURNING` clause."""
         async with self.lock:
-            try:
-                async with self.conn.execute(sql, params) as cursor:
-                    names = [c[0] for c in cursor.description or []]
-                    rows = [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
-                await self.conn.commit()
-            except BaseException:
-                await self.conn.rollback()
-                raise
-        return rows
+            return await self._hop(partial(_committed, self.conn, _rows, sql, params))
 
     async def execute(self, *statements: tuple[str, Sequence[Any]]) -> int:
         """Run the statements in one transaction; the number of rows the last one changed."""
-        changed = 0
         async with self.lock:
-            try:
-                for sql, params in statements:
-                    cursor = await self.conn.execute(sql, params)
-                    changed = cursor.rowcount
-                await self.conn.commit()
-            except BaseException:
-                await self.conn.rollback()
-                raise
-        return changed
+            return await self._hop(partial(_committed, self.conn, _run_all, statements))
+
+    async def results(self, *statements: tuple[str, Sequence[Any]]) -> list[list[dict[str, Any]]]:
+        """Run the statements in one transaction; the rows each one returned."""
+        async with self.lock:
+            return await self._hop(partial(_committed, self.conn, _all_rows, statements))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self.lock:
-            await self.conn.execute("BEGIN IMMEDIATE")
+            await self._hop(partial(self.conn.execute, "BEGIN IMMEDIATE"))
             try:
-                yield _SqliteTransaction(self.conn)
+                yield _SqliteTransaction(self)
             except BaseException:
-                await self.conn.rollback()
+                await self._hop(self.conn.rollback)
                 raise
-            await self.conn.commit()
+            await self._hop(self.conn.commit)
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    cursor = conn.execute(sql, params)
+    names = [c[0] for c in cursor.description or []]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _run_all(conn: sqlite3.Connection, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
+    changed = 0
+    for sql, params in statements:
+        changed = conn.execute(sql, params).rowcount
+    return changed
+
+
+def _all_rows(
+    conn: sqlite3.Connection, statements: Sequence[tuple[str, Sequence[Any]]]
+) -> list[list[dict[str, Any]]]:
+    return [_rows(conn, sql, params) for sql, params in statements]
+
+
+def _committed(conn: sqlite3.Connection, work: Callable[..., T], *args: Any) -> T:
+    """`work(conn, *args)`, committed, or rolled back if it raises (in the database's thread)."""
+    try:
+        result = work(conn, *args)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return result
 
 
 class _SqliteTransaction:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self.conn = conn
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
 
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         sql = sql.replace(" FOR UPDATE SKIP LOCKED", "")  # one writer at a time anyway
-        async with self.conn.execute(sql, params) as cursor:
-            names = [c[0] for c in cursor.description or []]
-            return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+        return await self.db._hop(partial(_rows, self.db.conn, sql, params))
 
     async def run(self, sql: str, *params: Any) -> int:
-        cursor = await self.conn.execute(sql, params)
+        cursor = await self.db._hop(partial(self.db.conn.execute, sql, params))
         return cursor.rowcount
 
 
@@ -294,6 +336,18 @@ class PostgresDatabase:
                     await conn.execute(sql.replace("?", "%s"), params) for sql, params in statements
                 ]
         return cursors[-1].rowcount if cursors else 0
+
+    async def results(self, *statements: tuple[str, Sequence[Any]]) -> list[list[dict[str, Any]]]:
+        """Run the statements in one transaction (one pipeline); the rows each returned."""
+        async with self.pool.connection() as conn:
+            async with conn.pipeline(), conn.transaction():
+                cursors = [
+                    await conn.execute(sql.replace("?", "%s"), params) for sql, params in statements
+                ]
+            return [
+                cast(list[dict[str, Any]], await c.fetchall()) if c.description else []
+                for c in cursors
+            ]
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -359,27 +413,27 @@ async def open_database(
         sqlite_file.parent.mkdir(parents=True, exist_ok=True)
         path = str(sqlite_file)
     try:
-        conn = await aiosqlite.connect(path)
+        sqlite = await SqliteDatabase.connect(path)
     except sqlite3.Error as exc:
         raise StorageError(NOT_SQLITE.format(path=path, error=exc)) from exc
     try:
-        sqlite = SqliteDatabase(conn)
+        pragmas = [f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}"]
+        if kind == "sqlite":
+            # In WAL mode a commit survives the process being killed at once; NORMAL leaves
+            # only a power cut able to take back the last commits (FULL would fsync on each,
+            # a third of a millisecond here). What such a cut could take back is recovered
+            # by the protocol: an answer not in the inbox is asked for again on the device's
+            # next hello, and the device replays it by call id.
+            pragmas += ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL"]
         try:
-            await conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
-            if kind == "sqlite":
-                await conn.execute("PRAGMA journal_mode = WAL")
-                # In WAL mode a commit survives the process being killed at once; NORMAL
-                # leaves only a power cut able to take back the last commits (FULL would
-                # fsync on each, a third of a millisecond here). What such a cut could take
-                # back is recovered by the protocol: an answer not in the inbox is asked for
-                # again on the device's next hello, and the device replays it by call id.
-                await conn.execute("PRAGMA synchronous = NORMAL")
+            for pragma in pragmas:
+                await sqlite.fetch(pragma)
             await migrate(sqlite)
         except sqlite3.DatabaseError as exc:
             raise StorageError(NOT_SQLITE.format(path=path, error=exc)) from exc
         yield sqlite
     finally:
-        await conn.close()
+        await sqlite.close()
 
 
 @asynccontextmanager

@@ -37,7 +37,7 @@ class ThreadLocks:
             self._local[thread_id] = lock
         async with lock:
             if not isinstance(self._db, PostgresDatabase):
-                yield [await self._db.write(sql, *params) for sql, params in then]
+                yield await self._db.results(*then)
                 return
             async with self._db.pool.connection() as conn:
                 try:
