@@ -237,3 +237,36 @@ async def test_a_run_is_queued_once_however_often_it_is_found_pending(world: Wor
     world.runs.enqueue("run-1")  # a stale-pending sweep finding it again
     world.runs.enqueue("run-2")
     assert world.runs.queue.qsize() == 2
+
+
+async def test_an_answered_run_nobody_resumed_is_queued_by_the_sweep(world: World) -> None:
+    """Two answers of one run stored at once by two connections each see the other missing,
+    so neither queues the run; the tick's sweep does, once the run has waited a while."""
+    assistant_id = await world.assistant()
+    parked: dict[str, str] = {}
+    for name, calls in (("answered", ["a1"]), ("waiting", ["w1", "w2"])):
+        thread, _ = await world.repo.create_thread(user_id=USER)
+        assert thread is not None
+        run = await world.repo.create_run(
+            user_id=USER,
+            thread_id=thread["thread_id"],
+            assistant_id=assistant_id,
+            kwargs={},
+            metadata=None,
+            device_id="laptop",
+        )
+        await world.repo.park_run(
+            run=run, calls=[("i", c, "list_tasks", {}) for c in calls], device_id="laptop"
+        )
+        await world.repo.record_answer(
+            user_id=USER, device_id="laptop", call_id=calls[0], ok=True, payload=[]
+        )
+        parked[name] = str(run["run_id"])
+    world.clock.now = datetime.now(UTC)
+
+    await world.scheduler.tick()
+    assert world.runs.queued == set()  # parked just now: the answer's own path may be running
+
+    world.clock.now = datetime.now(UTC) + timedelta(minutes=5)
+    await world.scheduler.tick()
+    assert world.runs.queued == {parked["answered"]}
