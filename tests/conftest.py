@@ -40,6 +40,14 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return "memory"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The server's database, on each backend it runs on."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return str(tmp_path / "state.db")
+
+
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     """A copy of the shipped sample folder the test may change."""

@@ -5,7 +5,6 @@ next ones, and a thread's status following its active run."""
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,14 +52,9 @@ class Outbox:
         return str(thread["status"])
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def outbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Outbox]:
-    url = (
-        str(request.getfixturevalue("postgres_url"))
-        if request.param == "postgres"
-        else str(tmp_path / "state.db")
-    )
-    async with open_database(url) as db:
+@pytest.fixture
+async def outbox(database_url: str) -> AsyncIterator[Outbox]:
+    async with open_database(database_url) as db:
         repo = Repository(db)
         await repo.add_device(user_id=USER, device_id=DEVICE)
         assistant, _ = await repo.create_assistant(

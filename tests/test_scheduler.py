@@ -6,7 +6,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import cast
 
 import pytest
@@ -95,14 +94,9 @@ class World:
         )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
-    url = (
-        str(request.getfixturevalue("postgres_url"))
-        if request.param == "postgres"
-        else str(tmp_path / "state.db")
-    )
-    async with open_database(url) as db:
+@pytest.fixture
+async def world(database_url: str) -> AsyncIterator[World]:
+    async with open_database(database_url) as db:
         yield _world(db, Clock(datetime(2026, 1, 5, 9, 0, tzinfo=UTC)))
 
 
