@@ -127,7 +127,10 @@ SELECT_ACTIVE_RUN = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE thread_id = ? "
     "AND status IN ('pending', 'running', 'interrupted') ORDER BY created_at LIMIT 1"
 )
-SET_RUN_STATUS = "UPDATE runs SET status = ?, updated_at = ? WHERE run_id = ?"
+PARK_RUN = (
+    "UPDATE runs SET status = 'interrupted', updated_at = ? "
+    "WHERE run_id = ? AND status IN ('pending', 'running', 'interrupted')"
+)
 START_RUN = (
     "UPDATE runs SET status = 'running', updated_at = ?, started_at = COALESCE(started_at, ?) "
     "WHERE run_id = ? AND status IN ('pending', 'running', 'interrupted')"
@@ -155,7 +158,8 @@ RUNS_TO_RECOVER = (
 
 INSERT_CALL = (
     "INSERT INTO device_calls (call_id, run_id, thread_id, interrupt_id, user_id, device_id, "
-    "name, args, seq, created_at, pushed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "name, args, seq, created_at, pushed_at) SELECT ?, run_id, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+    "FROM runs WHERE run_id = ? AND status IN ('pending', 'running', 'interrupted') "
     "ON CONFLICT (call_id) DO NOTHING"
 )
 CALL_COLUMNS = "c.call_id, c.run_id, c.thread_id, c.interrupt_id, c.device_id, c.name, c.args"
@@ -569,11 +573,12 @@ class Repository:
         device_id: str | None,
         pushed: bool = False,
         resumed: bool = False,
-    ) -> None:
+    ) -> bool:
         """Store the calls of the pending interrupts (interrupt id, call id, name, args) and
-        mark the run (so its thread) interrupted, in one transaction. `resumed`: the step just
-        run consumed the run's open calls and their answers (they are closed and the answers
-        dropped in the same transaction). `pushed`: this process holds the device's socket
+        mark the run (so its thread) interrupted, in one transaction; False, storing nothing,
+        if the run has ended meanwhile (cancelled from another server process). `resumed`: the
+        step just run consumed the run's open calls and their answers (they are closed and the
+        answers dropped in the same transaction). `pushed`: this process holds the device's socket
         and sends them next (no other process needs to)."""
         stamp = now()
         run_id = run["run_id"]
@@ -585,7 +590,6 @@ class Repository:
                 INSERT_CALL,
                 (
                     call_id,
-                    run_id,
                     run["thread_id"],
                     interrupt_id,
                     run["user_id"],
@@ -595,14 +599,15 @@ class Repository:
                     seq,
                     stamp,
                     stamp if pushed else None,
+                    run_id,
                 ),
             )
             for seq, (interrupt_id, call_id, name, args) in enumerate(calls)
         ]
-        statements.append((SET_RUN_STATUS, ("interrupted", stamp, run_id)))
+        statements.append((PARK_RUN, (stamp, run_id)))
         if self.db.kind == "postgres":  # the same statements, as one
             statements = [one_statement(statements)]
-        await self.db.execute(*statements)
+        return bool(await self.db.execute(*statements))
 
     async def finish_run(
         self,

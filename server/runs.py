@@ -290,10 +290,12 @@ class RunManager:
             for call in pending.value["calls"]
         ]
         here = device_id is not None and self.hub.get(run["user_id"], device_id) is not None
-        await self.repo.park_run(
+        parked = await self.repo.park_run(
             run=run, calls=calls, device_id=device_id, pushed=here, resumed=resumed
         )
         self.events.status_changed(run["run_id"])
+        if not parked:  # it ended while the step ran (cancelled elsewhere): nothing to send
+            return
         if fresh:
             if here:  # marked pushed in the park transaction: send them as they are
                 for _, call_id, name, args in calls:

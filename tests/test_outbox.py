@@ -125,6 +125,22 @@ async def test_a_park_after_a_resume_closes_the_answered_calls(outbox: Outbox) -
     assert (await outbox.answer("c2")).completes
 
 
+async def test_a_run_cancelled_during_its_step_is_not_parked_again(outbox: Outbox) -> None:
+    """Another server process cancels the run while this one runs its step: the step's park
+    stores no call and leaves the run cancelled."""
+    assert await outbox.repo.cancel_run(run=outbox.run)
+
+    parked = await outbox.repo.park_run(
+        run=outbox.run, calls=[("i1", "c1", "list_tasks", {})], device_id=DEVICE
+    )
+
+    assert not parked
+    run = await outbox.repo.get_run(outbox.run["run_id"])
+    assert run is not None and run["status"] == "cancelled"
+    assert await outbox.repo.pending_for_device(user_id=USER, device_id=DEVICE) == []
+    assert await outbox.thread_status() == "idle"
+
+
 async def test_a_finished_run_leaves_its_thread_the_status_it_gave_it(outbox: Outbox) -> None:
     await outbox.park(("i1", "c1"))
     await outbox.repo.finish_run(
