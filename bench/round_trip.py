@@ -43,9 +43,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, ToolCall, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
@@ -90,30 +88,11 @@ class EndlessToolCaller(ToolBindingChatModel):
     def _llm_type(self) -> str:
         return "bench-endless-tool-caller"
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return self._next_turn()
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        # Overridden so the async path does not hop to a thread for `_generate`.
-        return self._next_turn()
-
-    def _next_turn(self) -> ChatResult:
+    def respond(self, messages: list[BaseMessage], tool_names: set[str]) -> AIMessage:
         self.turns += 1
-        call = ToolCall(name=TOOL, args={}, id=f"call{self.turns}")
-        message = AIMessage(content="", tool_calls=[call])
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        return AIMessage(
+            content="", tool_calls=[ToolCall(name=TOOL, args={}, id=f"call{self.turns}")]
+        )
 
 
 def device_answer(output: dict[str, Any]) -> Command:

@@ -64,9 +64,7 @@ from typing import Any, Literal
 
 import httpx
 import uvicorn
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolCall, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Durability
@@ -153,29 +151,8 @@ class DeviceLoopModel(ToolBindingChatModel):
     def _llm_type(self) -> str:
         return "bench-device-loop"
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return self._answer(messages, kwargs.get("tools") or [])
-
-    async def _agenerate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        # Overridden so the async path does not hop to a thread for `_generate`.
-        return self._answer(messages, kwargs.get("tools") or [])
-
-    @staticmethod
-    def _answer(messages: list[BaseMessage], tools: list[dict[str, Any]]) -> ChatResult:
-        names = {tool["function"]["name"] for tool in tools}
-        if Plan.__name__ in names:
+    def respond(self, messages: list[BaseMessage], tool_names: set[str]) -> AIMessage:
+        if Plan.__name__ in tool_names:
             call = ToolCall(name=Plan.__name__, args={"steps": [STEP]}, id="plan")
         else:
             done = sum(isinstance(m, ToolMessage) for m in messages)
@@ -184,8 +161,7 @@ class DeviceLoopModel(ToolBindingChatModel):
             else:
                 verdict = {"success": True, "result": f"listed the tasks {done} times"}
                 call = ToolCall(name=StepVerdict.__name__, args=verdict, id="verdict")
-        message = AIMessage(content="", tool_calls=[call])
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        return AIMessage(content="", tool_calls=[call])
 
 
 def rounds_of(messages: Sequence[BaseMessage]) -> int:

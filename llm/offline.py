@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage, ToolCall, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
@@ -83,8 +83,9 @@ def extract(text: str, folder: str, into: Extracted) -> None:
 
 
 class ToolBindingChatModel(BaseChatModel):
-    """A chat model that binds tools as `ChatOpenAI` does: `_generate` gets them in OpenAI
-    format as the `tools` keyword. The base of every stand-in for a model."""
+    """A chat model that binds tools as `ChatOpenAI` does (in OpenAI format, as the `tools`
+    keyword). The base of every stand-in for a model: a subclass answers in `respond`, which
+    the sync and the async path both call directly (no hop to a thread)."""
 
     def bind_tools(
         self,
@@ -95,13 +96,9 @@ class ToolBindingChatModel(BaseChatModel):
     ) -> Runnable[LanguageModelInput, AIMessage]:
         return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
 
-
-class OfflineExtractor(ToolBindingChatModel):
-    """Rules instead of a model; answers with the same tool calls a model would make."""
-
-    @property
-    def _llm_type(self) -> str:
-        return "relaygraph-offline"
+    def respond(self, messages: list[BaseMessage], tool_names: set[str]) -> AIMessage:
+        """The answer to a conversation, given the names of the tools bound."""
+        raise NotImplementedError
 
     def _generate(
         self,
@@ -110,9 +107,31 @@ class OfflineExtractor(ToolBindingChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        tool_names = {t["function"]["name"] for t in kwargs.get("tools") or []}
-        message = answer(messages, tool_names)
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        return self._result(messages, kwargs)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return self._result(messages, kwargs)
+
+    def _result(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> ChatResult:
+        names = {t["function"]["name"] for t in kwargs.get("tools") or []}
+        return ChatResult(generations=[ChatGeneration(message=self.respond(messages, names))])
+
+
+class OfflineExtractor(ToolBindingChatModel):
+    """Rules instead of a model; answers with the same tool calls a model would make."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "relaygraph-offline"
+
+    def respond(self, messages: list[BaseMessage], tool_names: set[str]) -> AIMessage:
+        return answer(messages, tool_names)
 
 
 def answer(messages: Sequence[BaseMessage], tool_names: set[str]) -> AIMessage:

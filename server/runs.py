@@ -168,7 +168,7 @@ class RunManager:
         if end is None:  # cancelled, and stopped at a step boundary: nothing more
             self.cancelling.discard(run["run_id"])
             return
-        if not end.interrupts and not end.has_values:  # finished, unwatched: read its values
+        if not end.interrupts and not end.values:  # finished, unwatched: read its values
             end.values = dict((await graph.aget_state(config)).values)
         await self._after(run, assistant, end, resumed=step.resumes)
 
@@ -249,7 +249,6 @@ class RunManager:
                 end.interrupts.extend(data[INTERRUPT])
             elif mode == "values" and isinstance(data, Mapping):
                 end.values = {k: v for k, v in data.items() if k != INTERRUPT}
-                end.has_values = True
             if run_id in self.cancelling:
                 return None
         return end
@@ -423,8 +422,7 @@ class StepEnd:
     """Where a step's stream stopped: the interrupts it raised and the last values."""
 
     interrupts: list[Interrupt] = field(default_factory=list)
-    values: dict[str, Any] = field(default_factory=dict)
-    has_values: bool = False  # values were streamed (someone watched the run)
+    values: dict[str, Any] = field(default_factory=dict)  # streamed while someone watches
 
 
 def _resume(calls: Sequence[OpenCall]) -> Go | Wait:

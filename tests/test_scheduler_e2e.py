@@ -9,12 +9,11 @@ wait is a poll with a deadline; nothing asserts on how long anything took.
 
 import asyncio
 import contextlib
-import inspect
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import psycopg
@@ -26,6 +25,7 @@ from device import LocalDevice
 from server.repository import iso
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.processes import DeviceProcess, ServerProcess, clean_env
+from tests.support.waiting import until
 from tests.test_kill_resume import EXPECTED_ROWS
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,6 @@ USER = "alice"
 DEVICE = "laptop"
 INTERVAL = "0.3"  # RELAYGRAPH_SCHEDULER_INTERVAL: seconds between scheduler ticks
 DEADLINE = 180.0  # seconds any single wait may take before the test fails
-POLL = 0.05
 FINAL = ("success", "partial", "error", "cancelled")
 CONNECTED = "connected to "
 #: A moment long gone: a cron whose next run is then is due now (simulated time passing).
@@ -45,7 +44,6 @@ FAR_FUTURE = iso(datetime(2999, 1, 1, tzinfo=UTC))
 YEARLY = "0 0 1 1 *"
 EVERY_MINUTE = "* * * * *"
 
-T = TypeVar("T")
 
 
 # ── The server's database, read and written directly ─────────────────────────
@@ -124,6 +122,8 @@ class ServerDatabase:
 class Stack:
     """Every process one test starts (servers, devices, the fake model); `close()` stops
     all of them, `logs()` is what they wrote, for failures."""
+
+    deadline = DEADLINE
 
     def __init__(self, tmp: Path, workspace: Path, database_url: str) -> None:
         self.tmp = tmp
@@ -255,26 +255,6 @@ def postgres_stack(tmp_path: Path, workspace: Path, postgres_url: str) -> Iterat
 
 
 # ── Waiting ───────────────────────────────────────────────────────────────────
-
-
-async def until(
-    stack: Stack, what: str, check: Callable[[], T | Awaitable[T]], timeout: float = DEADLINE
-) -> T:
-    """Poll `check` until it returns something truthy (returned); fail after `timeout` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while True:
-        stack.check_alive()
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value  # type: ignore[return-value]
-        last = value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {last!r}):\n{stack.logs()}")
-        await asyncio.sleep(POLL)
 
 
 async def device_online(stack: Stack, device: DeviceProcess) -> None:

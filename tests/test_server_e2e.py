@@ -16,11 +16,10 @@ Kill points are reached deterministically, never by timing:
 
 import asyncio
 import contextlib
-import inspect
 import re
 import sqlite3
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +31,7 @@ from device import LocalDevice
 from tests.support.fake_openai import PROCESSING, FakeOpenAI, Hold
 from tests.support.processes import DeviceProcess, ServerProcess, clean_env
 from tests.support.tcp_relay import TcpRelay
+from tests.support.waiting import until
 from tests.test_kill_resume import EXPECTED_ROWS
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,6 @@ pytestmark = pytest.mark.slow
 USER = "alice"
 DEVICE = "laptop"
 DEADLINE = 120.0  # seconds any single wait may take before the test fails
-POLL = 0.05
 FINAL = ("success", "partial", "error", "cancelled")
 EXECUTION = re.compile(r"^(ran|replayed) (\w+) \((\S+)\): ", re.MULTILINE)
 CONNECTED = "connected to "
@@ -63,6 +62,8 @@ class Stack:
 
     `close()` stops all of it; `logs()` is every server and device log, for failures.
     """
+
+    deadline = DEADLINE
 
     def __init__(self, tmp: Path, workspace: Path, database_url: str) -> None:
         self.tmp = tmp
@@ -165,26 +166,6 @@ def stack(tmp_path: Path, workspace: Path, database_url: str) -> Iterator[Stack]
 
 
 # ── Waiting ───────────────────────────────────────────────────────────────────
-
-
-async def until(
-    stack: Stack, what: str, check: Callable[[], T | Awaitable[T]], timeout: float = DEADLINE
-) -> T:
-    """Poll `check` until it returns something truthy (returned); fail after `timeout` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while True:
-        stack.check_alive()
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value  # type: ignore[return-value]
-        last = value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {last!r}):\n{stack.logs()}")
-        await asyncio.sleep(POLL)
 
 
 async def arrived(stack: Stack, hold: Hold, what: str) -> None:

@@ -17,11 +17,8 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.messages import BaseMessage
-from langchain_core.outputs import ChatResult
+from langchain_core.messages import AIMessage, BaseMessage
 
 from device import LocalDevice
 from llm.offline import OfflineExtractor
@@ -42,17 +39,11 @@ class HoldingModel(OfflineExtractor):
     marker: str = ""
     count: int = 0
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
+    def respond(self, messages: list[BaseMessage], tool_names: set[str]) -> AIMessage:
         self.count += 1
         if self.count == self.hold_at:
             block_forever(Path(self.marker))
-        return super()._generate(messages, stop, run_manager, **kwargs)
+        return super().respond(messages, tool_names)
 
 
 class HoldingDevice:

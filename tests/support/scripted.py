@@ -3,9 +3,7 @@
 from collections.abc import Callable
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
 from llm.offline import ToolBindingChatModel
@@ -27,17 +25,10 @@ class ScriptedChatModel(ToolBindingChatModel):
     def _llm_type(self) -> str:
         return "scripted"
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        names = {t["function"]["name"] for t in kwargs.get("tools") or []}
-        self.calls.append((list(messages), names))
+    def respond(self, messages: list[BaseMessage], tool_names: set[str]) -> AIMessage:
+        self.calls.append((list(messages), tool_names))
         if not self.script:
             raise AssertionError(f"the script ran out at call {len(self.calls)}")
         entry = self.script.pop(0)
-        message = entry(list(messages), names) if callable(entry) else entry
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        message: AIMessage = entry(list(messages), tool_names) if callable(entry) else entry
+        return message
