@@ -1,5 +1,8 @@
 """Per-thread locks for resuming: a Postgres advisory lock across server processes, an
-in-process lock on SQLite (one process owns an embedded database)."""
+in-process lock on SQLite (one process owns an embedded database).
+
+A held lock is a `Lease`: the rows of the statements run as it was taken, and `release(*then)`
+that runs its last statements and lets go, on Postgres in one network round trip."""
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
@@ -7,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any, cast
 from weakref import WeakValueDictionary
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
@@ -15,43 +19,147 @@ from checkpoints.store import PostgresDatabase
 
 ADVISORY_LOCK = "SELECT pg_advisory_lock(hashtextextended(%s, 0))"
 ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
+#: After a failed pipeline: no session lock may go back to the pool with its connection (the
+#: pool's connections take no advisory lock but these).
+UNLOCK_ALL = "SELECT pg_advisory_unlock_all()"
+#: The lock of the thread a device call belongs to, if no one holds it; no row for a call
+#: that is not open for this user's device.
+TRY_CALL_THREAD = (
+    "SELECT thread_id, pg_try_advisory_lock(hashtextextended(thread_id, 0)) AS locked "
+    "FROM device_calls WHERE call_id = %s AND user_id = %s "
+    "AND (device_id = %s OR device_id IS NULL) AND done = 0"
+)
 
 Statement = tuple[str, Sequence[Any]]
 Rows = list[dict[str, Any]]
 
 
+class Lease:
+    """One thread's lock, held. `results`: the rows of the statements run as it was taken.
+    Release it once, with `release(*then)`: `then` run first (on Postgres in the same pipeline
+    as the unlock, each statement its own transaction), and their rows are returned."""
+
+    def __init__(
+        self,
+        db: Database,
+        thread_id: str,
+        results: list[Rows],
+        *,
+        local: asyncio.Lock | None,
+        conn: AsyncConnection[DictRow] | None = None,
+    ) -> None:
+        self.db, self.thread_id, self.results = db, thread_id, results
+        self._local, self._conn = local, conn
+        self.released = False
+
+    async def release(self, *then: Statement) -> list[Rows]:
+        if self.released:
+            raise RuntimeError(f"the lock of thread {self.thread_id} was released already")
+        self.released = True
+        try:
+            if self._conn is None:
+                return await self.db.results(*then) if then else []
+            assert isinstance(self.db, PostgresDatabase)
+            async with _returned(self.db, self._conn):
+                rows = await _pipeline(self._conn, [*then, (ADVISORY_UNLOCK, (self.thread_id,))])
+            return rows[:-1]
+        finally:
+            if self._local is not None:
+                self._local.release()
+
+
 class ThreadLocks:
-    """`async with locks.hold(thread_id, *then) as rows:` runs one execution of a thread at a
-    time; `then` are statements run as soon as the lock is held (on Postgres in the same
-    network round trip as taking it), and `rows` their results."""
+    """`take(thread_id, *then)` waits for a thread's lock (one execution of a thread at a
+    time) and runs `then` as soon as it is held (on Postgres in the same network round trip);
+    `hold` is the same as a context manager. `try_take_call` (Postgres) takes the lock of a
+    device call's thread only if it is free, in one round trip with other statements."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._local: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
 
-    @asynccontextmanager
-    async def hold(self, thread_id: str, *then: Statement) -> AsyncIterator[list[Rows]]:
+    @property
+    def pipelined(self) -> bool:
+        """Whether `try_take_call` is available (Postgres)."""
+        return isinstance(self._db, PostgresDatabase)
+
+    def _local_lock(self, thread_id: str) -> asyncio.Lock:
         lock = self._local.get(thread_id)
         if lock is None:
             lock = asyncio.Lock()
             self._local[thread_id] = lock
-        async with lock:
+        return lock
+
+    async def take(self, thread_id: str, *then: Statement) -> Lease:
+        local = self._local_lock(thread_id)  # on Postgres: one waiting connection per thread
+        await local.acquire()
+        try:
             if not isinstance(self._db, PostgresDatabase):
-                yield await self._db.results(*then)
-                return
-            async with self._db.pool.connection() as conn:
-                try:
-                    yield await _lock_then(conn, thread_id, then)
-                finally:
-                    await conn.execute(ADVISORY_UNLOCK, (thread_id,))
+                return Lease(self._db, thread_id, await self._db.results(*then), local=local)
+            conn = await self._db.pool.getconn()
+            async with _returned(self._db, conn, keep=True):
+                rows = await _pipeline(conn, [(ADVISORY_LOCK, (thread_id,)), *then])
+            return Lease(self._db, thread_id, rows[1:], local=local, conn=conn)
+        except BaseException:
+            local.release()
+            raise
+
+    @asynccontextmanager
+    async def hold(self, thread_id: str, *then: Statement) -> AsyncIterator[Lease]:
+        """`take`, released on leaving the block unless the block released it."""
+        lease = await self.take(thread_id, *then)
+        try:
+            yield lease
+        finally:
+            if not lease.released:
+                await lease.release()
+
+    async def try_take_call(
+        self, call: tuple[str, str, str], *then: Statement
+    ) -> tuple[Lease | None, list[Rows]]:
+        """Postgres: in one pipeline, take the lock of the thread of the open device call
+        `(call id, user id, device id)` if no one holds it, then run `then`, *whether or not*
+        the lock was taken (each statement its own transaction, seeing the ones before).
+        The lease (None if the call is not open or its thread is busy), and `then`'s rows.
+
+        The lock is not waited for: the caller (the device socket's answer task) must not
+        wait on a busy thread. Its in-process lock is not taken either; a local step waiting
+        for the thread waits on Postgres instead, as a step of another process does."""
+        if not isinstance(self._db, PostgresDatabase):
+            raise TypeError("try_take_call needs Postgres (advisory locks in a pipeline)")
+        conn = await self._db.pool.getconn()
+        async with _returned(self._db, conn, keep=True):
+            locked, *rows = await _pipeline(conn, [(TRY_CALL_THREAD, call), *then])
+        if not locked or not locked[0]["locked"]:
+            await self._db.pool.putconn(conn)
+            return None, rows
+        return Lease(self._db, str(locked[0]["thread_id"]), rows, local=None, conn=conn), rows
 
 
-async def _lock_then(
-    conn: AsyncConnection[DictRow], thread_id: str, then: Sequence[Statement]
-) -> list[Rows]:
-    """Take the advisory lock, then run `then`, all in one pipeline: Postgres runs them in
-    order, each statement after the lock with a snapshot of its own."""
+@asynccontextmanager
+async def _returned(
+    db: PostgresDatabase, conn: AsyncConnection[DictRow], *, keep: bool = False
+) -> AsyncIterator[None]:
+    """Give the connection back to the pool after the block, or, with `keep`, only if the
+    block fails: a failure may leave a lock taken (the pipeline stopped after it), so every
+    session lock is dropped first, or the connection closed if even that fails."""
+    try:
+        yield
+    except BaseException:
+        try:
+            await conn.execute(UNLOCK_ALL)
+        except psycopg.Error:  # the connection is broken: closing it ends its session and locks
+            await conn.close()
+        finally:
+            await db.pool.putconn(conn)  # (one interrupted mid-query, the pool closes)
+        raise
+    if not keep:
+        await db.pool.putconn(conn)
+
+
+async def _pipeline(conn: AsyncConnection[DictRow], statements: Sequence[Statement]) -> list[Rows]:
+    """The statements in one pipeline, in order, each its own transaction (autocommit) with a
+    snapshot of its own: a statement after a lock sees what was committed before the lock."""
     async with conn.pipeline():
-        await conn.execute(ADVISORY_LOCK, (thread_id,))
-        cursors = [await conn.execute(sql.replace("?", "%s"), params) for sql, params in then]
+        cursors = [await conn.execute(sql.replace("?", "%s"), params) for sql, params in statements]
     return [cast(Rows, await c.fetchall()) if c.description else [] for c in cursors]

@@ -105,16 +105,16 @@ INSERT_RUN = (
     "device_id, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)"
 )
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
-SELECT_STEP = (
+SELECT_STEP_FROM = (
     f"SELECT {', '.join('r.' + c.strip() for c in RUN_COLUMNS.split(','))}, "
     "a.graph_id, a.config AS assistant_config, a.context AS assistant_context, "
     "c.interrupt_id, c.call_id, i.call_id AS answered, i.ok, i.payload "
     "FROM runs r LEFT JOIN assistants a ON a.assistant_id = r.assistant_id "
     "AND a.user_id = r.user_id "
     "LEFT JOIN device_calls c ON c.run_id = r.run_id AND c.done = 0 "
-    "LEFT JOIN device_inbox i ON i.call_id = c.call_id "
-    "WHERE r.run_id = ? ORDER BY c.seq"
+    "LEFT JOIN device_inbox i ON i.call_id = c.call_id"
 )
+SELECT_STEP = f"{SELECT_STEP_FROM} WHERE r.run_id = ? ORDER BY c.seq"
 SELECT_USER_RUN = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ? AND thread_id = ? AND user_id = ?"
 )
@@ -129,7 +129,7 @@ SELECT_ACTIVE_RUN = (
 )
 PARK_RUN = (
     "UPDATE runs SET status = 'interrupted', updated_at = ? "
-    "WHERE run_id = ? AND status IN ('pending', 'running', 'interrupted')"
+    "WHERE run_id = ? AND status IN ('pending', 'running', 'interrupted') RETURNING run_id"
 )
 START_RUN = (
     "UPDATE runs SET status = 'running', updated_at = ?, started_at = COALESCE(started_at, ?) "
@@ -239,6 +239,16 @@ CLAIM_ANSWERED = (
     "UPDATE runs SET status = 'running', updated_at = ?, started_at = COALESCE(started_at, ?) "
     f"WHERE run_id = ? AND {ANSWERED_PARKED} RETURNING run_id"
 )
+#: The run of an open call of this user's device, for the statements that follow its answer.
+RUN_OF_CALL = (
+    "(SELECT run_id FROM device_calls WHERE call_id = ? AND user_id = ? "
+    "AND (device_id = ? OR device_id IS NULL))"
+)
+CLAIM_ANSWERED_CALL = (
+    "UPDATE runs SET status = 'running', updated_at = ?, started_at = COALESCE(started_at, ?) "
+    f"WHERE run_id = {RUN_OF_CALL} AND {ANSWERED_PARKED} RETURNING run_id"
+)
+SELECT_STEP_CALL = f"{SELECT_STEP_FROM} WHERE r.run_id = {RUN_OF_CALL} ORDER BY c.seq"
 ASSISTANT_RUNS = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE assistant_id = ? AND user_id = ? "
     "ORDER BY created_at DESC"
@@ -527,6 +537,22 @@ class Repository:
         return _run(rows[0]) if rows else None
 
     @staticmethod
+    def answer_reads(
+        *, user_id: str, device_id: str, call_id: str, ok: bool, payload: Any
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        """An answer and what a step reads first, for one pipeline after the call's thread's
+        lock: store the answer, claim its run if that made every answer in, read the run.
+        `answer_of` makes the first result an `Answer`, `execution_of` the other two an
+        `Execution`."""
+        stamp = now()
+        call = (call_id, user_id, device_id)
+        return [
+            (STORE_ANSWER, (int(ok), json.dumps(payload), stamp, *call)),
+            (CLAIM_ANSWERED_CALL, (stamp, stamp, *call)),
+            (SELECT_STEP_CALL, call),
+        ]
+
+    @staticmethod
     def execution_reads(run_id: str) -> list[tuple[str, tuple[Any, ...]]]:
         """What a step reads first, under its thread's lock: claim the run if it is parked
         with every answer in, then read it (`execution_of` makes the result an `Execution`)."""
@@ -565,21 +591,23 @@ class Repository:
         stamp = now()
         return bool(await self.db.execute((START_RUN, (stamp, stamp, run["run_id"]))))
 
-    async def park_run(
-        self,
+    @staticmethod
+    def park_statements(
         *,
         run: dict[str, Any],
         calls: list[tuple[str, str, str, dict[str, Any]]],
         device_id: str | None,
+        kind: str,
         pushed: bool = False,
         resumed: bool = False,
-    ) -> bool:
+    ) -> list[tuple[str, tuple[Any, ...]]]:
         """Store the calls of the pending interrupts (interrupt id, call id, name, args) and
-        mark the run (so its thread) interrupted, in one transaction; False, storing nothing,
-        if the run has ended meanwhile (cancelled from another server process). `resumed`: the
-        step just run consumed the run's open calls and their answers (they are closed and the
-        answers dropped in the same transaction). `pushed`: this process holds the device's socket
-        and sends them next (no other process needs to)."""
+        mark the run (so its thread) interrupted, in one transaction that stores nothing if
+        the run has ended meanwhile (cancelled from another server process); `parked` reads
+        the result. `resumed`: the step just run consumed the run's open calls and their
+        answers (they are closed and the answers dropped in the same transaction). `pushed`:
+        this process holds the device's socket and sends them next (no other process needs
+        to). On Postgres (`kind`) the statements are one."""
         stamp = now()
         run_id = run["run_id"]
         statements: list[tuple[str, tuple[Any, ...]]] = []
@@ -605,9 +633,32 @@ class Repository:
             for seq, (interrupt_id, call_id, name, args) in enumerate(calls)
         ]
         statements.append((PARK_RUN, (stamp, run_id)))
-        if self.db.kind == "postgres":  # the same statements, as one
-            statements = [one_statement(statements)]
-        return bool(await self.db.execute(*statements))
+        return [one_statement(statements)] if kind == "postgres" else statements
+
+    @staticmethod
+    def parked(results: list[list[dict[str, Any]]]) -> bool:
+        """Whether the park's statements parked the run (it had not ended)."""
+        return bool(results and results[-1])
+
+    async def park_run(
+        self,
+        *,
+        run: dict[str, Any],
+        calls: list[tuple[str, str, str, dict[str, Any]]],
+        device_id: str | None,
+        pushed: bool = False,
+        resumed: bool = False,
+    ) -> bool:
+        """`park_statements`, run on their own (a step parks as it releases its lock)."""
+        statements = self.park_statements(
+            run=run,
+            calls=calls,
+            device_id=device_id,
+            kind=self.db.kind,
+            pushed=pushed,
+            resumed=resumed,
+        )
+        return self.parked(await self.db.results(*statements))
 
     async def finish_run(
         self,
@@ -667,6 +718,13 @@ class Repository:
         stored = await self.db.write(
             STORE_ANSWER, int(ok), json.dumps(payload), now(), call_id, user_id, device_id
         )
+        return await self.answer_of(stored, user_id=user_id, device_id=device_id, call_id=call_id)
+
+    async def answer_of(
+        self, stored: list[dict[str, Any]], *, user_id: str, device_id: str, call_id: str
+    ) -> Answer:
+        """What became of an answer, from the rows its statement returned (none: it was not
+        new, and one more read tells a duplicate, a late and an unknown one apart)."""
         if stored:
             row = stored[0]
             completes = row["status"] == "interrupted" and row["others_unanswered"] == 0

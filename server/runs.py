@@ -26,7 +26,7 @@ One run record spans the whole job: device round trips and server restarts do no
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,14 +35,21 @@ from langgraph.pregel import Pregel
 from langgraph.types import Command, Durability, Interrupt, StreamMode
 from pydantic import TypeAdapter, ValidationError
 
-from device.protocol import RunComplete, RunContext, RunProgress, ToolCallFrame
+from device.protocol import RunComplete, RunContext, RunProgress, ToolCallFrame, ToolResult
 from nodes.bridge import is_device_request
 from nodes.context import AgentContext
 from server.events import RunEvents
 from server.graphs import GraphRegistry
 from server.hub import DeviceHub
-from server.locks import ThreadLocks
-from server.repository import FINAL_STATUSES, Execution, OpenCall, PendingCall, Repository
+from server.locks import Lease, ThreadLocks
+from server.repository import (
+    FINAL_STATUSES,
+    Answer,
+    Execution,
+    OpenCall,
+    PendingCall,
+    Repository,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +77,10 @@ class RunManager:
     ) -> None:
         self.repo, self.graphs, self.hub, self.events, self.locks = repo, graphs, hub, events, locks
         self.queue: asyncio.Queue[str] = asyncio.Queue()
-        self.worker_count = workers
+        #: One per run executing at once, queued or resumed straight from its last answer.
+        self.slots = asyncio.Semaphore(workers)
         self.durability: Durability = durability
-        self.workers: list[asyncio.Task[None]] = []
+        self.dispatcher: asyncio.Task[None] | None = None
         self.executing: dict[str, asyncio.Task[None]] = {}
         self.cancelling: set[str] = set()
         self.queued: set[str] = set()
@@ -81,18 +89,16 @@ class RunManager:
     # ── lifecycle ────────────────────────────────────────────────────────────
 
     async def start(self) -> None:
-        """Start the workers and queue the runs a previous process left unfinished."""
-        self.workers = [
-            asyncio.create_task(self._work(), name=f"run-worker-{i}")
-            for i in range(self.worker_count)
-        ]
+        """Start taking runs from the queue, and queue the runs a previous process left
+        unfinished."""
+        self.dispatcher = asyncio.create_task(self._dispatch(), name="run-dispatcher")
         for run_id in await self.repo.runs_to_recover():
             self.enqueue(run_id)
 
     async def stop(self) -> None:
-        for worker in self.workers:
-            worker.cancel()
-        await asyncio.gather(*self.workers, return_exceptions=True)
+        if self.dispatcher is not None:
+            self.dispatcher.cancel()
+            await asyncio.gather(self.dispatcher, return_exceptions=True)
 
     def enqueue(self, run_id: str, thread_id: str | None = None) -> None:
         """Queue a run once: a run already waiting in the queue is not queued again.
@@ -104,18 +110,26 @@ class RunManager:
         self.queued.add(run_id)
         self.queue.put_nowait(run_id)
 
-    async def _work(self) -> None:
+    async def _dispatch(self) -> None:
+        """Start each queued run as soon as a slot is free."""
         while True:
             run_id = await self.queue.get()
             self.queued.discard(run_id)
-            task = asyncio.create_task(self.execute(run_id), name=f"run-{run_id}")
-            self.executing[run_id] = task
-            try:
-                await asyncio.wait([task])
-            finally:
-                self.executing.pop(run_id, None)
-            if not task.cancelled() and (exc := task.exception()) is not None:
-                log.error("run %s: the worker failed: %r", run_id, exc, exc_info=exc)
+            await self.slots.acquire()
+            self._spawn(run_id, self.execute(run_id))
+
+    def _spawn(self, run_id: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` (holding a slot, given back when it ends) as the run's task."""
+        task = asyncio.create_task(work, name=f"run-{run_id}")
+        self.executing[run_id] = task
+        task.add_done_callback(lambda done: self._ended(run_id, done))
+
+    def _ended(self, run_id: str, task: "asyncio.Task[None]") -> None:
+        if self.executing.get(run_id) is task:
+            del self.executing[run_id]
+        self.slots.release()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("run %s: its task failed: %r", run_id, exc, exc_info=exc)
 
     # ── executing ─────────────────────────────────────────────────────────────
 
@@ -127,13 +141,64 @@ class RunManager:
             if found is None or found["status"] in FINAL_STATUSES:
                 return
             thread_id = found["thread_id"]
-        async with self.locks.hold(thread_id, *self.repo.execution_reads(run_id)) as results:
-            execution = self.repo.execution_of(results)  # strict: read under the lock
+        async with self.locks.hold(thread_id, *self.repo.execution_reads(run_id)) as lease:
+            execution = self.repo.execution_of(lease.results)  # strict: read under the lock
             if execution is None or execution.run["status"] in FINAL_STATUSES:
                 return
-            await self._step(execution)
+            await self._step(execution, lease)
 
-    async def _step(self, execution: Execution) -> None:
+    async def answer(self, user_id: str, device_id: str, frame: ToolResult) -> Answer:
+        """Store a device's answer (invariant 5) and, if it was the last one its run waited
+        for, resume the run.
+
+        On Postgres with a slot free, storing the answer, taking its thread's lock (if free),
+        claiming the run and reading it are one network round trip, and the step starts
+        from here, not from the queue. Otherwise the run is queued."""
+        payload = frame.result if frame.ok else (frame.error or "The device reported an error.")
+        if not self.locks.pipelined or self.slots.locked():
+            answer = await self.repo.record_answer(
+                user_id=user_id, device_id=device_id, call_id=frame.id, ok=frame.ok, payload=payload
+            )
+            if answer.completes and answer.run_id is not None:
+                self.enqueue(answer.run_id, answer.thread_id)
+            return answer
+        call = (frame.id, user_id, device_id)
+        reads = self.repo.answer_reads(
+            user_id=user_id, device_id=device_id, call_id=frame.id, ok=frame.ok, payload=payload
+        )
+        await self.slots.acquire()  # free: it was not locked, and nothing awaited since
+        try:
+            lease, (stored, *step) = await self.locks.try_take_call(call, *reads)
+        except BaseException:
+            self.slots.release()
+            raise
+        execution = self.repo.execution_of(step)
+        if execution is not None and execution.claimed and lease is not None:
+            self._spawn(execution.run["run_id"], self._resume(execution, lease))
+            return await self.repo.answer_of(
+                stored, user_id=user_id, device_id=device_id, call_id=frame.id
+            )
+        self.slots.release()
+        if lease is not None:
+            await lease.release()
+        answer = await self.repo.answer_of(
+            stored, user_id=user_id, device_id=device_id, call_id=frame.id
+        )
+        if execution is not None and execution.claimed:  # claimed while its thread was busy
+            self.enqueue(execution.run["run_id"], execution.run["thread_id"])
+        elif answer.completes and answer.run_id is not None:
+            self.enqueue(answer.run_id, answer.thread_id)
+        return answer
+
+    async def _resume(self, execution: Execution, lease: Lease) -> None:
+        """A claimed run's step, under the lock its answer took."""
+        try:
+            await self._step(execution, lease)
+        finally:
+            if not lease.released:
+                await lease.release()
+
+    async def _step(self, execution: Execution, lease: Lease) -> None:
         run, assistant = execution.run, execution.assistant
         if assistant is None or assistant["graph_id"] not in self.graphs:
             await self._finish(run, "error", {}, "The run's assistant no longer exists.")
@@ -150,7 +215,7 @@ class RunManager:
         step = await self._next_step(execution, assistant, graph, config)
         if isinstance(step, Wait):
             if step.interrupts:
-                await self._park(run, step.interrupts, fresh=False)
+                await self._park(run, step.interrupts, lease, fresh=False)
             return
         if not execution.claimed and not await self.repo.start_step(run):
             return  # cancelled meanwhile
@@ -170,7 +235,7 @@ class RunManager:
             return
         if not end.interrupts and not end.values:  # finished, unwatched: read its values
             end.values = dict((await graph.aget_state(config)).values)
-        await self._after(run, assistant, end, resumed=step.resumes)
+        await self._after(run, assistant, end, lease, resumed=step.resumes)
 
     async def _waits_for_its_device(self, run: dict[str, Any]) -> bool:
         """Scheduled runs of one device start one after another: a run that has not started
@@ -254,11 +319,17 @@ class RunManager:
         return end
 
     async def _after(
-        self, run: dict[str, Any], assistant: dict[str, Any], end: "StepEnd", *, resumed: bool
+        self,
+        run: dict[str, Any],
+        assistant: dict[str, Any],
+        end: "StepEnd",
+        lease: Lease,
+        *,
+        resumed: bool,
     ) -> None:
         device = [i for i in end.interrupts if is_device_request(i.value)]
         if device:
-            await self._park(run, device, resumed=resumed)
+            await self._park(run, device, lease, resumed=resumed)
             return
         if end.interrupts:  # a human's turn: the run ends, as in the LangGraph server
             await self._finish(run, "success", {}, None, thread_status="interrupted")
@@ -275,13 +346,16 @@ class RunManager:
         self,
         run: dict[str, Any],
         interrupts: Sequence[Interrupt],
+        lease: Lease,
         *,
         resumed: bool = False,
         fresh: bool = True,
     ) -> None:
-        """Store the pending calls, mark the run interrupted, then push them. `fresh`: the
-        interrupts were raised by the step just run, so no call of theirs can have been
-        answered; otherwise (a run caught mid-step by a crash) some may have been."""
+        """Store the pending calls and mark the run interrupted as the thread's lock is let
+        go (one network round trip on Postgres), then push them: nothing can resume the run
+        before its device has them. `fresh`: the interrupts were raised by the step just run,
+        so no call of theirs can have been answered; otherwise (a run caught mid-step by a
+        crash) some may have been."""
         device_id = run["device_id"] or self._any_device(run["user_id"])
         calls = [
             (pending.id, call["id"], call["name"], call["args"])
@@ -289,9 +363,15 @@ class RunManager:
             for call in pending.value["calls"]
         ]
         here = device_id is not None and self.hub.get(run["user_id"], device_id) is not None
-        parked = await self.repo.park_run(
-            run=run, calls=calls, device_id=device_id, pushed=here, resumed=resumed
+        statements = self.repo.park_statements(
+            run=run,
+            calls=calls,
+            device_id=device_id,
+            kind=self.repo.db.kind,
+            pushed=here,
+            resumed=resumed,
         )
+        parked = self.repo.parked(await lease.release(*statements))
         self.events.status_changed(run["run_id"])
         if not parked:  # it ended while the step ran (cancelled elsewhere): nothing to send
             return

@@ -41,8 +41,8 @@ class Outbox:
     async def execution(self) -> Execution:
         """What a worker reads under the thread's lock (claiming the run if it can)."""
         reads = self.repo.execution_reads(self.run["run_id"])
-        async with self.locks.hold(self.run["thread_id"], *reads) as results:
-            execution = self.repo.execution_of(results)
+        async with self.locks.hold(self.run["thread_id"], *reads) as lease:
+            execution = self.repo.execution_of(lease.results)
         assert execution is not None
         return execution
 

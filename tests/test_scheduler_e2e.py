@@ -45,7 +45,6 @@ YEARLY = "0 0 1 1 *"
 EVERY_MINUTE = "* * * * *"
 
 
-
 # ── The server's database, read and written directly ─────────────────────────
 
 

@@ -124,20 +124,11 @@ async def _store_answers(
 
 
 async def _store_answer(svc: Services, connection: Connection, frame: ToolResult) -> None:
-    payload = frame.result if frame.ok else (frame.error or "The device reported an error.")
-    answer = await svc.repo.record_answer(
-        user_id=connection.user_id,
-        device_id=connection.device_id,
-        call_id=frame.id,
-        ok=frame.ok,
-        payload=payload,
-    )
+    answer = await svc.runs.answer(connection.user_id, connection.device_id, frame)
     if answer.outcome == "unknown":
         await connection.send(
             ErrorFrame(code=UNKNOWN_CALL, message=UNKNOWN_ID.format(call_id=frame.id))
         )
-    elif answer.completes and answer.run_id is not None:
-        svc.runs.enqueue(answer.run_id, answer.thread_id)
 
 
 def _parse(text: str) -> DeviceHello | ToolResult | str:
