@@ -94,6 +94,18 @@ class World:
             while self.manager.executing:
                 await asyncio.sleep(0.01)
 
+    async def worked_until_calls(self, count: int) -> None:
+        """Start the manager's workers; stop them once `count` calls have been pushed and
+        no step runs."""
+        await self.manager.start()
+        try:
+            async with asyncio.timeout(SETTLE):
+                while len(self.socket.calls()) < count:
+                    await asyncio.sleep(0.01)
+            await self.settled()
+        finally:
+            await self.manager.stop()
+
     async def status(self) -> str:
         found = await self.repo.get_run(self.run["run_id"])
         assert found is not None
@@ -176,14 +188,7 @@ async def test_an_answer_for_a_busy_thread_queues_its_run(
     assert pg_world.manager.queue.qsize() == 1
     assert len(pg_world.socket.calls()) == 1
     await busy.release()
-    await pg_world.manager.start()
-    try:
-        async with asyncio.timeout(SETTLE):
-            while len(pg_world.socket.calls()) < 2:
-                await asyncio.sleep(0.01)
-        await pg_world.settled()
-    finally:
-        await pg_world.manager.stop()
+    await pg_world.worked_until_calls(2)
     assert pg_world.socket.calls()[-1]["args"]["title"] == "Step 2 task"
     assert await pg_world.status() == "interrupted"
 
@@ -241,13 +246,6 @@ async def test_a_step_lets_its_lock_go_with_the_park_before_the_push(world: Worl
     world.socket.on_send = while_pushing
     first = await world.first_call()
     await world.answer(first)
-    await world.manager.start()
-    try:
-        async with asyncio.timeout(SETTLE):
-            while len(world.socket.calls()) < 2:
-                await asyncio.sleep(0.01)
-        await world.settled()
-    finally:
-        await world.manager.stop()
+    await world.worked_until_calls(2)
 
     assert seen == [("interrupted", True), ("interrupted", True)]
