@@ -22,16 +22,14 @@ ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
 #: After a failed pipeline: no session lock may go back to the pool with its connection (the
 #: pool's connections take no advisory lock but these).
 UNLOCK_ALL = "SELECT pg_advisory_unlock_all()"
-#: The lock of the thread a device call belongs to, if no one holds it; no row for a call
-#: that is not open for this user's device.
-TRY_CALL_THREAD = (
-    "SELECT thread_id, pg_try_advisory_lock(hashtextextended(thread_id, 0)) AS locked "
-    "FROM device_calls WHERE call_id = %s AND user_id = %s "
-    "AND (device_id = %s OR device_id IS NULL) AND done = 0"
-)
-
 Statement = tuple[str, Sequence[Any]]
 Rows = list[dict[str, Any]]
+
+
+def try_lock(thread_id: str) -> str:
+    """Postgres SQL that takes the lock of the thread `thread_id` (an SQL expression) if no
+    one holds it: true if it did. For the first statement of `ThreadLocks.try_take`."""
+    return f"pg_try_advisory_lock(hashtextextended({thread_id}, 0))"
 
 
 class Lease:
@@ -71,8 +69,8 @@ class Lease:
 class ThreadLocks:
     """`take(thread_id, *then)` waits for a thread's lock (one execution of a thread at a
     time) and runs `then` as soon as it is held (on Postgres in the same network round trip);
-    `hold` is the same as a context manager. `try_take_call` (Postgres) takes the lock of a
-    device call's thread only if it is free, in one round trip with other statements."""
+    `hold` is the same as a context manager. `try_take` (Postgres) takes a thread's lock only
+    if it is free, in one round trip with other statements."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -80,7 +78,7 @@ class ThreadLocks:
 
     @property
     def pipelined(self) -> bool:
-        """Whether `try_take_call` is available (Postgres)."""
+        """Whether `try_take` is available (Postgres)."""
         return isinstance(self._db, PostgresDatabase)
 
     def _local_lock(self, thread_id: str) -> asyncio.Lock:
@@ -114,26 +112,28 @@ class ThreadLocks:
             if not lease.released:
                 await lease.release()
 
-    async def try_take_call(
-        self, call: tuple[str, str, str], *then: Statement
+    async def try_take(
+        self, locking: Statement, *then: Statement
     ) -> tuple[Lease | None, list[Rows]]:
-        """Postgres: in one pipeline, take the lock of the thread of the open device call
-        `(call id, user id, device id)` if no one holds it, then run `then`, *whether or not*
-        the lock was taken (each statement its own transaction, seeing the ones before).
-        The lease (None if the call is not open or its thread is busy), and `then`'s rows.
+        """Postgres: in one pipeline, `locking`, a statement that may try a thread's lock
+        (with `try_lock`; its first row, if any, names the thread in `thread_id` and says in
+        `locked` whether it was taken), then `then`, which run *whether or not* it was (each
+        statement its own transaction, seeing the ones before). The lease (None if the lock
+        was not taken) and every statement's rows.
 
         The lock is not waited for: the caller (the device socket's answer task) must not
         wait on a busy thread. Its in-process lock is not taken either; a local step waiting
         for the thread waits on Postgres instead, as a step of another process does."""
         if not isinstance(self._db, PostgresDatabase):
-            raise TypeError("try_take_call needs Postgres (advisory locks in a pipeline)")
+            raise TypeError("try_take needs Postgres (advisory locks in a pipeline)")
         conn = await self._db.pool.getconn()
         async with _returned(self._db, conn, keep=True):
-            locked, *rows = await _pipeline(conn, [(TRY_CALL_THREAD, call), *then])
-        if not locked or not locked[0]["locked"]:
+            rows = await _pipeline(conn, [locking, *then])
+        first = rows[0][0] if rows[0] else None
+        if first is None or not first["locked"]:
             await self._db.pool.putconn(conn)
             return None, rows
-        return Lease(self._db, str(locked[0]["thread_id"]), rows, local=None, conn=conn), rows
+        return Lease(self._db, str(first["thread_id"]), rows, local=None, conn=conn), rows
 
 
 @asynccontextmanager

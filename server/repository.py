@@ -18,6 +18,7 @@ import psycopg
 
 from checkpoints import Database
 from device.protocol import make_device_token
+from server.locks import try_lock
 
 
 def iso(moment: datetime) -> str:
@@ -105,16 +106,18 @@ INSERT_RUN = (
     "device_id, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)"
 )
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
-SELECT_STEP_FROM = (
-    f"SELECT {', '.join('r.' + c.strip() for c in RUN_COLUMNS.split(','))}, "
+STEP_COLUMNS = (
+    f"{', '.join('r.' + c.strip() for c in RUN_COLUMNS.split(','))}, "
     "a.graph_id, a.config AS assistant_config, a.context AS assistant_context, "
-    "c.interrupt_id, c.call_id, i.call_id AS answered, i.ok, i.payload "
+    "c.interrupt_id, c.call_id, i.call_id AS answered, i.ok, i.payload"
+)
+STEP_JOINS = (
     "FROM runs r LEFT JOIN assistants a ON a.assistant_id = r.assistant_id "
     "AND a.user_id = r.user_id "
     "LEFT JOIN device_calls c ON c.run_id = r.run_id AND c.done = 0 "
     "LEFT JOIN device_inbox i ON i.call_id = c.call_id"
 )
-SELECT_STEP = f"{SELECT_STEP_FROM} WHERE r.run_id = ? ORDER BY c.seq"
+SELECT_STEP = f"SELECT {STEP_COLUMNS} {STEP_JOINS} WHERE r.run_id = ? ORDER BY c.seq"
 SELECT_USER_RUN = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ? AND thread_id = ? AND user_id = ?"
 )
@@ -199,6 +202,11 @@ STORE_ANSWER = (
     "AND c.call_id <> device_inbox.call_id AND NOT EXISTS "
     "(SELECT 1 FROM device_inbox i WHERE i.call_id = c.call_id)) AS others_unanswered"
 )
+#: Postgres: the answer, and the lock of its run's thread tried when it is new (`locked`).
+STORE_ANSWER_TRY_LOCK = (
+    f"WITH stored AS ({STORE_ANSWER}) "
+    f"SELECT *, {try_lock('stored.thread_id')} AS locked FROM stored"
+)
 CLOSE_OPEN_CALLS = "UPDATE device_calls SET done = 1 WHERE run_id = ? AND done = 0"
 DELETE_RUN_CALLS = "DELETE FROM device_calls WHERE run_id = ?"
 DELETE_RUN_INBOX = "DELETE FROM device_inbox WHERE run_id = ?"
@@ -248,7 +256,6 @@ CLAIM_ANSWERED_CALL = (
     "UPDATE runs SET status = 'running', updated_at = ?, started_at = COALESCE(started_at, ?) "
     f"WHERE run_id = {RUN_OF_CALL} AND {ANSWERED_PARKED} RETURNING run_id"
 )
-SELECT_STEP_CALL = f"{SELECT_STEP_FROM} WHERE r.run_id = {RUN_OF_CALL} ORDER BY c.seq"
 ASSISTANT_RUNS = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE assistant_id = ? AND user_id = ? "
     "ORDER BY created_at DESC"
@@ -536,34 +543,43 @@ class Repository:
         rows = await self.db.fetch(SELECT_ACTIVE_RUN, thread_id)
         return _run(rows[0]) if rows else None
 
-    @staticmethod
     def answer_reads(
-        *, user_id: str, device_id: str, call_id: str, ok: bool, payload: Any
+        self, *, user_id: str, device_id: str, call_id: str, ok: bool, payload: Any
     ) -> list[tuple[str, tuple[Any, ...]]]:
-        """An answer and what a step reads first, for one pipeline after the call's thread's
-        lock: store the answer, claim its run if that made every answer in, read the run.
-        `answer_of` makes the first result an `Answer`, `execution_of` the other two an
-        `Execution`."""
+        """Postgres: an answer and what a step reads first, for one pipeline: store the answer
+        and try its thread's lock, then claim its run if that made every answer in, and read
+        the run. `answer_of` makes the first result an `Answer` (its rows also say whether
+        the lock was taken: `locked`), `execution_of` the rest an `Execution`."""
         stamp = now()
         call = (call_id, user_id, device_id)
         return [
-            (STORE_ANSWER, (int(ok), json.dumps(payload), stamp, *call)),
-            (CLAIM_ANSWERED_CALL, (stamp, stamp, *call)),
-            (SELECT_STEP_CALL, call),
+            (STORE_ANSWER_TRY_LOCK, (int(ok), json.dumps(payload), stamp, *call)),
+            claim_and_read(
+                CLAIM_ANSWERED_CALL, (stamp, stamp, *call), f"r.run_id = {RUN_OF_CALL}", call
+            ),
         ]
 
-    @staticmethod
-    def execution_reads(run_id: str) -> list[tuple[str, tuple[Any, ...]]]:
+    def execution_reads(self, run_id: str) -> list[tuple[str, tuple[Any, ...]]]:
         """What a step reads first, under its thread's lock: claim the run if it is parked
-        with every answer in, then read it (`execution_of` makes the result an `Execution`)."""
+        with every answer in, then read it (`execution_of` makes the result an `Execution`);
+        on Postgres in one statement."""
         stamp = now()
-        return [(CLAIM_ANSWERED, (stamp, stamp, run_id)), (SELECT_STEP, (run_id,))]
+        claim = (stamp, stamp, run_id)
+        if self.db.kind == "postgres":
+            return [claim_and_read(CLAIM_ANSWERED, claim, "r.run_id = ?", (run_id,))]
+        return [(CLAIM_ANSWERED, claim), (SELECT_STEP, (run_id,))]
 
     @staticmethod
     def execution_of(results: list[list[dict[str, Any]]]) -> "Execution | None":
         """A run as a step needs it: the run, its assistant (None once deleted), and its open
-        calls with their answers so far; None if the run does not exist."""
-        claimed, rows = results
+        calls with their answers so far; None if the run does not exist. `results`: of the
+        claim and the read, or of the two in one statement (`claim_and_read`)."""
+        if len(results) == 2:
+            claims, rows = results
+            claimed = bool(claims)
+        else:
+            (rows,) = results
+            claimed = bool(rows and rows[0]["claimed"])
         if not rows:
             return None
         first = rows[0]
@@ -584,7 +600,10 @@ class Repository:
             for row in rows
             if row["call_id"] is not None
         ]
-        return Execution(_run(first), assistant, calls, claimed=bool(claimed))
+        run = _run(first)
+        if claimed:  # read in the claim's statement, so as it was before the claim
+            run["status"] = "running"
+        return Execution(run, assistant, calls, claimed=claimed)
 
     async def start_step(self, run: dict[str, Any]) -> bool:
         """The run is running (its thread busy); False if it has ended."""
@@ -873,6 +892,19 @@ class Repository:
         await self.db.execute(
             (UPSERT_ASSISTANT_WATERMARK, (f"assistant:{assistant_id}", watermark))
         )
+
+
+def claim_and_read(
+    claim: str, claim_params: tuple[Any, ...], where: str, where_params: tuple[Any, ...]
+) -> tuple[str, tuple[Any, ...]]:
+    """Postgres: a claim (an `UPDATE runs ... RETURNING`) and the step's read of the run it
+    names as one statement, with a `claimed` column. Both see one snapshot, so the read shows
+    the run as it was before the claim (`execution_of` sets the status the claim gave it)."""
+    sql = (
+        f"WITH claimed AS ({claim}) SELECT {STEP_COLUMNS}, "
+        f"EXISTS (SELECT 1 FROM claimed) AS claimed {STEP_JOINS} WHERE {where} ORDER BY c.seq"
+    )
+    return sql, claim_params + where_params
 
 
 def one_statement(statements: list[tuple[str, tuple[Any, ...]]]) -> tuple[str, tuple[Any, ...]]:

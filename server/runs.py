@@ -162,13 +162,12 @@ class RunManager:
             if answer.completes and answer.run_id is not None:
                 self.enqueue(answer.run_id, answer.thread_id)
             return answer
-        call = (frame.id, user_id, device_id)
         reads = self.repo.answer_reads(
             user_id=user_id, device_id=device_id, call_id=frame.id, ok=frame.ok, payload=payload
         )
         await self.slots.acquire()  # free: it was not locked, and nothing awaited since
         try:
-            lease, (stored, *step) = await self.locks.try_take_call(call, *reads)
+            lease, (stored, *step) = await self.locks.try_take(*reads)
         except BaseException:
             self.slots.release()
             raise
