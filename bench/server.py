@@ -1,9 +1,10 @@
 """The server with its device: round trips, throughput and parked runs, end to end.
 
-Everything runs in this one process and one event loop (uvloop, as `relaygraph serve` gets
-from uvicorn when it is installed): the server is `create_app(Settings(...), model=...)`
-under a uvicorn `Server` on a free loopback port, and the device is a minimal WebSocket
-client speaking protocol v1 that answers every `tool_call` with `{"ok": true, "result": []}`.
+The server runs in this process and event loop (uvloop, as `relaygraph serve` gets from
+uvicorn when it is installed): `create_app(Settings(...), model=...)` under a uvicorn `Server`
+on a free loopback port. The device (bench.device) is a minimal WebSocket client speaking
+protocol v1 that answers every `tool_call` with `{"ok": true, "result": []}`: in this loop for
+(a) and (c), in a process of its own for (b), as a real device is.
 
 The graph is `agentic_loop` with a scripted model (`DeviceLoopModel`): it plans one step,
 and in that step it calls the cheap device tool `list_tasks` `rounds` times (the number is in
@@ -68,11 +69,9 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolCa
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Durability
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
+from bench.device import DEVICE, BenchDevice, DeviceReport
 from bench.round_trip import (
-    DEVICE_ANSWER,
     TOOL,
     Driver,
     Loop,
@@ -106,7 +105,6 @@ TARGET_PARKED_MB = 100.0  # (c) RSS growth with every run parked
 DURABILITY: Durability = Settings().durability  # the server's default, and the baseline's
 
 USER = "bench-user"
-DEVICE = "bench-device"
 TASK = "Benchmark the device bridge: rounds={rounds}"
 STEP = "List the tasks on the device, once per round, then report."
 ROUNDS = re.compile(r"rounds=(\d+)")
@@ -181,134 +179,65 @@ def run_body(assistant_id: str, rounds: int) -> dict[str, Any]:
     }
 
 
-# ── The device ──────────────────────────────────────────────────────────────────
+# ── The device in a process of its own ──────────────────────────────────────────
 
 
-class BenchDevice:
-    """A minimal protocol-v1 device: every `tool_call` is answered `{"ok": true, "result": []}`.
+class DeviceProcess:
+    """`BenchDevice` in a process of its own (`python -m bench.device`), answering every call
+    at once: what (b) measures against, as a real device is not in the server's process."""
 
-    It keeps the `websockets` defaults the reference device keeps (keepalive pings every 20 s,
-    20 s to answer them). With `answer_at_once` a reader queues each answer for a writer task
-    as the call arrives (the reader never blocks on a send, so a burst of redelivered calls
-    cannot deadlock the socket); otherwise calls wait in `calls` with the time they arrived,
-    and the caller answers them with `answer`. `run_complete` frames are counted by status.
-    A dropped connection is recorded in `disconnects`; with `reconnect` the device says hello
-    again at once (the server then redelivers every unanswered call), as a real device does.
-    """
-
-    def __init__(
-        self, url: str, token: str, *, answer_at_once: bool, reconnect: bool = False
-    ) -> None:
+    def __init__(self, url: str, token: str) -> None:
         self.url, self.token = url, token
-        self.answer_at_once, self.reconnect = answer_at_once, reconnect
-        self.calls: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue()
-        self.answered: list[float] = []  # when each answer was sent
-        self.deliveries: Counter[str] = Counter()  # `tool_call` frames by call id
-        self.completed: Counter[str] = Counter()
-        self.pending_at_hello: list[int] = []  # `hello_ok.pending` of each connection
-        self.disconnects: list[str] = []  # close code and reason of each dropped connection
-        self.failed_hellos: list[str] = []  # reconnections that failed, and why
-        self._outbox: asyncio.Queue[str] = asyncio.Queue()
-        self._complete = asyncio.Event()
-        self._expected = 0
-        self._ws: ClientConnection | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._process: asyncio.subprocess.Process | None = None
 
-    async def __aenter__(self) -> "BenchDevice":
-        await self._connect()
-        self._task = asyncio.create_task(self._serve(), name="bench-device")
+    async def __aenter__(self) -> "DeviceProcess":
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.device",
+            self.url,
+            self.token,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        await self._expect("ready", timeout=60)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._ws is not None:
-            await self._ws.close()
+        process = self._process
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
-    async def _connect(self) -> None:
-        hello = {"type": "device_hello", "token": self.token, "device_id": DEVICE, "tools": []}
-        self._ws = await connect(self.url, proxy=None)
-        await self._ws.send(json.dumps(hello))
-        frame = json.loads(await self._ws.recv())
-        if frame.get("type") != "hello_ok":
-            raise RuntimeError(f"the server refused the device: {frame}")
-        self.pending_at_hello.append(int(frame["pending"]))
+    async def waiting_for(self, count: int) -> None:
+        """Tell the device to count afresh until `count` runs have completed."""
+        assert self._process is not None and self._process.stdin is not None
+        self._process.stdin.write(f"wait {count}\n".encode())
+        await self._process.stdin.drain()
+        await self._expect("waiting", timeout=30)
 
-    async def _serve(self) -> None:
-        while True:
-            assert self._ws is not None
-            ws = self._ws
-            writer = asyncio.create_task(self._write(ws)) if self.answer_at_once else None
-            try:
-                await self._read(ws)
-            except ConnectionClosed:
-                pass
-            finally:
-                if writer is not None:
-                    writer.cancel()
-            self.disconnects.append(f"{ws.close_code} {ws.close_reason!r}".strip())
-            log.warning("the bench device lost its connection: %s", self.disconnects[-1])
-            if not self.reconnect:
-                return
-            await self._reconnect()
+    async def report(self, timeout: float) -> DeviceReport:
+        """What the device saw, once the runs it waits for have completed."""
+        return DeviceReport(**json.loads(await self._line(timeout)))
 
-    async def _reconnect(self, attempts: int = 30) -> None:
-        """Say hello again, retrying every half second (a real device backs off)."""
-        for _ in range(attempts):
-            try:
-                await self._connect()
-                return
-            except (OSError, ConnectionClosed, RuntimeError, TimeoutError) as exc:
-                self.failed_hellos.append(repr(exc))
-                log.warning("the bench device could not reconnect: %r", exc)
-                await asyncio.sleep(0.5)
-        raise RuntimeError(f"the bench device could not reconnect: {self.failed_hellos[-3:]}")
+    async def _expect(self, word: str, timeout: float) -> None:
+        line = await self._line(timeout)
+        if line != word:
+            raise RuntimeError(f"the device process said {line!r}, not {word!r}")
 
-    async def answer(self, call_id: str) -> None:
-        """Send the answer to one call (when not answering at once)."""
-        assert self._ws is not None
-        await self._ws.send(answer_frame(call_id))
-        self.answered.append(time.perf_counter())
-
-    async def next_call(self, timeout: float = 60.0) -> tuple[float, dict[str, Any]]:
-        """(when it arrived, the frame) of the next `tool_call`."""
-        return await asyncio.wait_for(self.calls.get(), timeout)
-
-    async def wait_completed(self, count: int, timeout: float) -> None:
-        """Until `count` runs have sent `run_complete` to this device."""
-        self._expected = count
-        if self.completed.total() < count:
-            self._complete.clear()
-            await asyncio.wait_for(self._complete.wait(), timeout)
-
-    async def _read(self, ws: ClientConnection) -> None:
-        async for raw in ws:
-            arrived = time.perf_counter()
-            frame = json.loads(raw)
-            kind = frame.get("type")
-            if kind == "tool_call":
-                self.deliveries[frame["id"]] += 1
-                if self.answer_at_once:
-                    self._outbox.put_nowait(answer_frame(frame["id"]))
-                else:
-                    self.calls.put_nowait((arrived, frame))
-            elif kind == "run_complete":
-                self.completed[str(frame["status"])] += 1
-                if self._expected and self.completed.total() >= self._expected:
-                    self._complete.set()
-            elif kind == "error":
-                log.warning("server error frame: %s", frame)
-
-    async def _write(self, ws: ClientConnection) -> None:
-        while True:
-            text = await self._outbox.get()
-            await ws.send(text)
-            self.answered.append(time.perf_counter())
-
-
-def answer_frame(call_id: str) -> str:
-    return json.dumps({"type": "tool_result", "id": call_id, **DEVICE_ANSWER})
+    async def _line(self, timeout: float) -> str:
+        assert self._process is not None and self._process.stdout is not None
+        raw = await asyncio.wait_for(self._process.stdout.readline(), timeout)
+        if not raw:
+            raise RuntimeError(f"the device process ended (exit code {await self._process.wait()})")
+        return raw.decode().strip()
 
 
 # ── The server ──────────────────────────────────────────────────────────────────
@@ -724,8 +653,9 @@ class Throughput:
     round_trips: int
     seconds: float
     steady_rate: float  # round trips/s between the 10th and the 90th percentile answer
-    cpu_ms: float  # this process's CPU per round trip (server + device)
+    cpu_ms: float  # this process's CPU per round trip (the server, or the bare loop)
     postgres_cpu_ms: float  # the Postgres processes' CPU per round trip
+    device_cpu_ms: float | None = None  # the device process's (None: answered in process)
 
     @property
     def rate(self) -> float:
@@ -765,38 +695,36 @@ async def measure_throughput(
     """Start `runs` runs through the API at once with the device online; time until every
     run has completed."""
     async with running_server(url, workers=workers, savers=savers, durability=durability) as server:
-        async with server.device(answer_at_once=True) as device:
+        async with DeviceProcess(server.device_url, server.device_token) as device:
+            await device.waiting_for(1)
             await server.start_run(1)  # warm up: one whole run
-            await device.wait_completed(1, timeout=60)
+            await device.report(timeout=60)
             await server.idle()
-            device.answered.clear()
-            device.completed.clear()
-            device.deliveries.clear()
             gc.collect()
+            await device.waiting_for(runs)
             cpu, pg_cpu = process_cpu_seconds(), postgres_cpu_seconds()
             if profile is not None:
                 profile.enable()
             began = time.perf_counter()
             await asyncio.gather(*(server.start_run(rounds) for _ in range(runs)))
-            await device.wait_completed(runs, timeout=600)
+            report = await device.report(timeout=600)
             seconds = time.perf_counter() - began
             if profile is not None:
                 profile.disable()
             cpu, pg_cpu = process_cpu_seconds() - cpu, postgres_cpu_seconds() - pg_cpu
-            answered = sorted(device.answered)
-            completed = dict(device.completed)
-            disconnects = list(device.disconnects)
-            calls = len(device.deliveries)
-            duplicates = device.deliveries.total() - calls
         statuses = await server.statuses()
-    if completed != {"success": runs} or calls != runs * rounds or disconnects:
-        raise RuntimeError(f"(b) went wrong: {completed}, {calls} calls, {statuses}, {disconnects}")
+    answered = sorted(report.answered)
+    if report.completed != {"success": runs} or report.calls != runs * rounds or report.disconnects:
+        raise RuntimeError(
+            f"(b) went wrong: {report.completed}, {report.calls} calls, {statuses}, "
+            f"{report.disconnects}"
+        )
     low, high = answered[len(answered) // 10], answered[len(answered) * 9 // 10]
     steady = (len(answered) * 8 // 10) / (high - low)
     round_trips = runs * rounds
     return Throughput(
         what="server",
-        duplicates=duplicates,
+        duplicates=report.duplicates,
         savers=savers,
         workers=workers,
         runs=runs,
@@ -805,6 +733,7 @@ async def measure_throughput(
         steady_rate=steady,
         cpu_ms=cpu * 1000 / round_trips,
         postgres_cpu_ms=pg_cpu * 1000 / round_trips,
+        device_cpu_ms=report.cpu_seconds * 1000 / round_trips,
     )
 
 
@@ -864,8 +793,9 @@ def throughput_table(results: Sequence[Sequence[Throughput]]) -> str:
     lines = [
         "| what | savers | workers (bare: invocations at once) | runs x round trips "
         "| round trips/s | steady round trips/s | process CPU ms/round trip "
-        "| Postgres CPU ms/round trip | calls delivered twice |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| device process CPU ms/round trip | Postgres CPU ms/round trip "
+        "| calls delivered twice |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for repeats in results:
         first = repeats[0]
@@ -873,11 +803,13 @@ def throughput_table(results: Sequence[Sequence[Throughput]]) -> str:
         steady = statistics.median(t.steady_rate for t in repeats)
         cpu = statistics.median(t.cpu_ms for t in repeats)
         pg = statistics.median(t.postgres_cpu_ms for t in repeats)
+        device_ms = [t.device_cpu_ms for t in repeats if t.device_cpu_ms is not None]
+        device = f"{statistics.median(device_ms):.2f}" if device_ms else "(in process)"
         every = ", ".join(f"{t.rate:.0f}" for t in repeats)
         lines.append(
             f"| {first.what} | {first.savers} | {first.workers} | {first.runs} x "
             f"{first.round_trips // first.runs} | {rate:.0f} ({every}) | {steady:.0f} "
-            f"| {cpu:.2f} | {pg:.2f} | {sum(t.duplicates for t in repeats)} |"
+            f"| {cpu:.2f} | {device} | {pg:.2f} | {sum(t.duplicates for t in repeats)} |"
         )
     return "\n".join(lines)
 
@@ -1101,12 +1033,14 @@ def postgres_note() -> str:
     )
 
 
-def header(args: argparse.Namespace) -> list[str]:
+def header(
+    args: argparse.Namespace, where: str = "server, device and baseline in one process"
+) -> list[str]:
     return [
         f"- Command: `{command(args)}`",
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {machine()}",
-        f"- Event loop: {loop_name()}; server, device and baseline in one process",
+        f"- Event loop: {loop_name()}; {where}",
         f"- Checkpoint durability: `{args.durability}`, server and baseline alike",
     ]
 
@@ -1143,7 +1077,11 @@ def block_a(results: Sequence[RoundTrips], args: argparse.Namespace) -> str:
 def block_b(results: Sequence[Sequence[Throughput]], args: argparse.Namespace) -> str:
     return "\n".join(
         [
-            *header(args),
+            *header(
+                args,
+                "the server and the bare loop in this process, the device in a "
+                "process of its own (`python -m bench.device`), as a real device is",
+            ),
             f"- Load: {args.runs} runs of {args.run_rounds} device round trips each, created "
             "at once through the HTTP API with one device online that answers every call at "
             f"once; {args.throughput_repeats} repeats per configuration, each on a fresh "
@@ -1154,7 +1092,8 @@ def block_b(results: Sequence[Sequence[Throughput]], args: argparse.Namespace) -
             "round trips/s: all round trips / (first run created -> last `run_complete`), "
             "median of the repeats (each repeat in brackets). Steady: the answers between the "
             "10th and 90th percentile over their time span. CPU: per round trip, this process "
-            "(server + device) and the Postgres processes. Bare LangGraph: the reference, "
+            "(the server, or the bare loop), the device's process and the Postgres processes. "
+            "Bare LangGraph: the reference, "
             "bench.round_trip's bare interrupt/resume loop, as many loops and round trips, "
             "at most `workers` invocations at a time, threads spread over the same number of "
             "savers on one pool, the device answering in process; it shows what LangGraph "
