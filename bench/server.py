@@ -60,6 +60,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -1225,28 +1226,21 @@ async def run(args: argparse.Namespace, urls: dict[str, Callable[[str], str]]) -
             write_docs("a", block_a(results, args))
         if args.profile:
             for backend in args.backends:
-                with Counts().installed() as counter:
-                    await round_trip_pair(
-                        backend,
-                        urls[backend],
-                        opening,
-                        rounds=args.rounds,
-                        warmup=args.warmup,
-                        counter=counter,
-                        durability=args.durability,
-                    )
-                print(f"\n### Counts: (a) {backend}, after {args.warmup} warm-up rounds\n")
-                print(counter.table())
-                profile = cProfile.Profile()
-                await round_trip_pair(
+                pair = partial(
+                    round_trip_pair,
                     backend,
                     urls[backend],
                     opening,
                     rounds=args.rounds,
                     warmup=args.warmup,
-                    profile=profile,
                     durability=args.durability,
                 )
+                with Counts().installed() as counter:
+                    await pair(counter=counter)
+                print(f"\n### Counts: (a) {backend}, after {args.warmup} warm-up rounds\n")
+                print(counter.table())
+                profile = cProfile.Profile()
+                await pair(profile=profile)
                 print_profile(f"(a) {backend}, full stack, {args.rounds} round trips", profile)
     if "b" in args.parts:
         opening = await opening_messages()

@@ -243,19 +243,17 @@ NEXT_DEVICE_RUN = (
 STALE_PENDING = "SELECT run_id FROM runs WHERE status = 'pending' AND created_at < ?"
 STALE_ANSWERED = f"SELECT run_id FROM runs WHERE {ANSWERED_PARKED} AND updated_at < ?"
 #: A parked run whose every open call is answered becomes running (to be resumed).
-CLAIM_ANSWERED = (
+CLAIM_ANSWERED_OF = (
     "UPDATE runs SET status = 'running', updated_at = ?, started_at = COALESCE(started_at, ?) "
-    f"WHERE run_id = ? AND {ANSWERED_PARKED} RETURNING run_id"
+    f"WHERE run_id = {{run}} AND {ANSWERED_PARKED} RETURNING run_id"
 )
+CLAIM_ANSWERED = CLAIM_ANSWERED_OF.format(run="?")
 #: The run of an open call of this user's device, for the statements that follow its answer.
 RUN_OF_CALL = (
     "(SELECT run_id FROM device_calls WHERE call_id = ? AND user_id = ? "
     "AND (device_id = ? OR device_id IS NULL))"
 )
-CLAIM_ANSWERED_CALL = (
-    "UPDATE runs SET status = 'running', updated_at = ?, started_at = COALESCE(started_at, ?) "
-    f"WHERE run_id = {RUN_OF_CALL} AND {ANSWERED_PARKED} RETURNING run_id"
-)
+CLAIM_ANSWERED_CALL = CLAIM_ANSWERED_OF.format(run=RUN_OF_CALL)
 ASSISTANT_RUNS = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE assistant_id = ? AND user_id = ? "
     "ORDER BY created_at DESC"
@@ -610,13 +608,12 @@ class Repository:
         stamp = now()
         return bool(await self.db.execute((START_RUN, (stamp, stamp, run["run_id"]))))
 
-    @staticmethod
     def park_statements(
+        self,
         *,
         run: dict[str, Any],
         calls: list[tuple[str, str, str, dict[str, Any]]],
         device_id: str | None,
-        kind: str,
         pushed: bool = False,
         resumed: bool = False,
     ) -> list[tuple[str, tuple[Any, ...]]]:
@@ -626,7 +623,7 @@ class Repository:
         the result. `resumed`: the step just run consumed the run's open calls and their
         answers (they are closed and the answers dropped in the same transaction). `pushed`:
         this process holds the device's socket and sends them next (no other process needs
-        to). On Postgres (`kind`) the statements are one."""
+        to). On Postgres the statements are one."""
         stamp = now()
         run_id = run["run_id"]
         statements: list[tuple[str, tuple[Any, ...]]] = []
@@ -652,7 +649,7 @@ class Repository:
             for seq, (interrupt_id, call_id, name, args) in enumerate(calls)
         ]
         statements.append((PARK_RUN, (stamp, run_id)))
-        return [one_statement(statements)] if kind == "postgres" else statements
+        return [one_statement(statements)] if self.db.kind == "postgres" else statements
 
     @staticmethod
     def parked(results: list[list[dict[str, Any]]]) -> bool:
@@ -670,12 +667,7 @@ class Repository:
     ) -> bool:
         """`park_statements`, run on their own (a step parks as it releases its lock)."""
         statements = self.park_statements(
-            run=run,
-            calls=calls,
-            device_id=device_id,
-            kind=self.db.kind,
-            pushed=pushed,
-            resumed=resumed,
+            run=run, calls=calls, device_id=device_id, pushed=pushed, resumed=resumed
         )
         return self.parked(await self.db.results(*statements))
 

@@ -363,12 +363,7 @@ class RunManager:
         ]
         here = device_id is not None and self.hub.get(run["user_id"], device_id) is not None
         statements = self.repo.park_statements(
-            run=run,
-            calls=calls,
-            device_id=device_id,
-            kind=self.repo.db.kind,
-            pushed=here,
-            resumed=resumed,
+            run=run, calls=calls, device_id=device_id, pushed=here, resumed=resumed
         )
         parked = self.repo.parked(await lease.release(*statements))
         self.events.status_changed(run["run_id"])

@@ -218,39 +218,22 @@ class Stack:
             local.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The server's database: a SQLite file, or a fresh database on the real Postgres."""
-    if request.param == "postgres":
-        return str(request.getfixturevalue("postgres_url"))
-    return str(tmp_path / "server.db")
-
-
 @pytest.fixture
 def stack(tmp_path: Path, workspace: Path, database_url: str) -> Iterator[Stack]:
-    stack = Stack(tmp_path, workspace, database_url)
-    try:
+    with contextlib.closing(Stack(tmp_path, workspace, database_url)) as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 @pytest.fixture
 def sqlite_stack(tmp_path: Path, workspace: Path) -> Iterator[Stack]:
-    stack = Stack(tmp_path, workspace, str(tmp_path / "server.db"))
-    try:
+    with contextlib.closing(Stack(tmp_path, workspace, str(tmp_path / "server.db"))) as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 @pytest.fixture
 def postgres_stack(tmp_path: Path, workspace: Path, postgres_url: str) -> Iterator[Stack]:
-    stack = Stack(tmp_path, workspace, postgres_url)
-    try:
+    with contextlib.closing(Stack(tmp_path, workspace, postgres_url)) as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 # ── Waiting ───────────────────────────────────────────────────────────────────

@@ -158,11 +158,8 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path, workspace: Path, database_url: str) -> Iterator[Stack]:
-    stack = Stack(tmp_path, workspace, database_url)
-    try:
+    with contextlib.closing(Stack(tmp_path, workspace, database_url)) as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 # ── Waiting ───────────────────────────────────────────────────────────────────

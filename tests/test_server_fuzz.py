@@ -169,21 +169,27 @@ def snapshot(client: httpx.Client, parked: Parked) -> dict[str, Any]:
 
 # ── JSON and frame strategies ─────────────────────────────────────────────────
 
-SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=-(10**100), max_value=10**100)
-    | st.floats()
-    | st.text(max_size=40)
-)
-JSON_VALUES = st.recursive(
-    SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
-    ),
-    max_leaves=16,
-)
+
+def json_values(*, finite: bool) -> st.SearchStrategy[Any]:
+    """Any JSON value (`finite`: without NaN and Infinity), small and sometimes nested."""
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.integers(min_value=-(10**100), max_value=10**100)
+        | st.floats(allow_nan=not finite, allow_infinity=not finite)
+        | st.text(max_size=40)
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+        ),
+        max_leaves=16,
+    )
+
+
+JSON_VALUES = json_values(finite=False)
 
 
 def nested(depth: int) -> str:
@@ -568,21 +574,7 @@ CONTEXT_FIELDS = [
     "triage_chunk_size",
 ]
 # NaN and Infinity are kept out of HTTP bodies: they hit a known bug (pinned below).
-FINITE_SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=-(10**100), max_value=10**100)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40)
-)
-FINITE_JSON = st.recursive(
-    FINITE_SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
-    ),
-    max_leaves=16,
-)
+FINITE_JSON = json_values(finite=True)
 
 
 def plausible_values(ids: list[str]) -> st.SearchStrategy[Any]:
