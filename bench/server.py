@@ -100,6 +100,8 @@ Part = Literal["a", "b", "c"]
 BACKENDS: tuple[Backend, ...] = ("sqlite", "postgres")
 PARTS: tuple[Part, ...] = ("a", "b", "c")
 
+#: The device's report is one JSON line with a timestamp per answer.
+REPORT_LINE_LIMIT = 64 * 1024 * 1024
 TARGET_RATIO = 1.5  # (a) full stack / bare interrupt-resume, per round trip
 TARGET_RATE = 200.0  # (b) round trips per second, 50 runs at once, Postgres
 TARGET_PARKED_MB = 100.0  # (c) RSS growth with every run parked
@@ -201,6 +203,7 @@ class DeviceProcess:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=Path(__file__).resolve().parent.parent,
+            limit=REPORT_LINE_LIMIT,
         )
         await self._expect("ready", timeout=60)
         return self

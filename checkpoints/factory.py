@@ -26,6 +26,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from checkpoints.latest import CachingPostgresSaver, LatestCheckpoints
+
 StorageKind = Literal["memory", "sqlite", "postgres"]
 NOT_SQLITE = "{path} is not a SQLite database ({error})."
 POSTGRES_UNREACHABLE = "Cannot reach Postgres at {url}: {error}"
@@ -111,13 +113,21 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
 
 @asynccontextmanager
 async def open_checkpointers(
-    url: str, *, count: int, pool_size: int = 10
+    url: str, *, count: int, pool_size: int = 10, keep_latest: int = 0
 ) -> AsyncIterator[list[BaseCheckpointSaver]]:
     """`count` Postgres savers over one pool (each runs one operation at a time), or the
-    one saver of an embedded or in-memory store."""
+    one saver of an embedded or in-memory store. `keep_latest`: on Postgres, the savers keep
+    the latest checkpoint of that many threads in memory for the server's steps
+    (`checkpoints.latest`); 0 keeps none."""
     if storage_kind(url) == "postgres":
         async with postgres_pool(url, max_size=max(pool_size, count + 2)) as pool:
-            savers = [AsyncPostgresSaver(pool) for _ in range(max(1, count))]
+            latest = LatestCheckpoints(keep_latest)
+            savers = [
+                CachingPostgresSaver(pool, latest=latest)
+                if keep_latest
+                else AsyncPostgresSaver(pool)
+                for _ in range(max(1, count))
+            ]
             await savers[0].setup()
             yield list(savers)
         return

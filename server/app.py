@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from langchain_core.language_models import BaseChatModel
 
 from checkpoints import open_checkpointers, open_database
+from checkpoints.latest import CachingPostgresSaver
 from llm import load_chat_model
 from server.api import assistants, crons, devices, runs, system, threads
 from server.events import RunEvents
@@ -29,13 +30,20 @@ def create_app(settings: Settings | None = None, *, model: BaseChatModel | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = settings.database_url
         async with (
-            open_checkpointers(url, count=settings.savers, pool_size=settings.pool_size) as savers,
+            open_checkpointers(
+                url,
+                count=settings.savers,
+                pool_size=settings.pool_size,
+                keep_latest=settings.checkpoint_cache,
+            ) as savers,
             open_database(
                 url, pool_size=settings.pool_size, prepare=settings.prepared_statements
             ) as db,
         ):
             choice = load_chat_model()
-            repo = Repository(db)
+            repo = Repository(
+                db, checkpoint_marks=any(isinstance(s, CachingPostgresSaver) for s in savers)
+            )
             graphs = GraphRegistry(model or choice.model, savers)
             hub, events = DeviceHub(), RunEvents()
             manager = RunManager(

@@ -8,6 +8,7 @@ from langchain_core.language_models import BaseChatModel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
 
+from checkpoints.latest import CachingPostgresSaver
 from graphs import agentic_loop, local_agent, processing, triage
 
 Builder = Callable[[BaseChatModel | None], Pregel[Any, Any, Any, Any]]
@@ -48,6 +49,12 @@ class GraphRegistry:
 
     def saver_for(self, thread_id: str) -> BaseCheckpointSaver:
         return self._savers[self._index(thread_id)]
+
+    def forget_checkpoint(self, thread_id: str) -> None:
+        """Drop the thread's kept checkpoint, if its saver keeps them (`checkpoints.latest`)."""
+        saver = self.saver_for(thread_id)
+        if isinstance(saver, CachingPostgresSaver):
+            saver.latest.forget(thread_id)
 
     def _index(self, thread_id: str) -> int:
         return zlib.crc32(thread_id.encode()) % len(self._savers)

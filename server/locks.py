@@ -19,6 +19,11 @@ from checkpoints.store import PostgresDatabase
 
 ADVISORY_LOCK = "SELECT pg_advisory_lock(hashtextextended(%s, 0))"
 ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
+#: Before the unlock at the end of a pipeline: the same lock again, for the pipeline's
+#: transaction. A pipeline's statements are one implicit transaction, committed at its end,
+#: but a session lock goes at once: without this, another session could take the lock and
+#: read the thread before the statements run with the unlock are committed.
+ADVISORY_XACT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 #: After a failed pipeline: no session lock may go back to the pool with its connection (the
 #: pool's connections take no advisory lock but these).
 UNLOCK_ALL = "SELECT pg_advisory_unlock_all()"
@@ -34,8 +39,9 @@ def try_lock(thread_id: str) -> str:
 
 class Lease:
     """One thread's lock, held. `results`: the rows of the statements run as it was taken.
-    Release it once, with `release(*then)`: `then` run first (on Postgres in the same pipeline
-    as the unlock, each statement its own transaction), and their rows are returned."""
+    Release it once, with `release(*then)`: `then` run first, and their rows are returned. On
+    Postgres they run in the same pipeline as the unlock, one transaction, and the lock is
+    held until that transaction commits."""
 
     def __init__(
         self,
@@ -59,8 +65,10 @@ class Lease:
                 return await self.db.results(*then) if then else []
             assert isinstance(self.db, PostgresDatabase)
             async with _returned(self.db, self._conn):
-                rows = await _pipeline(self._conn, [*then, (ADVISORY_UNLOCK, (self.thread_id,))])
-            return rows[:-1]
+                held = [(ADVISORY_XACT_LOCK, (self.thread_id,))] if then else []
+                unlock = [*held, (ADVISORY_UNLOCK, (self.thread_id,))]
+                rows = await _pipeline(self._conn, [*then, *unlock])
+            return rows[: len(then)]
         finally:
             if self._local is not None:
                 self._local.release()
@@ -118,8 +126,8 @@ class ThreadLocks:
         """Postgres: in one pipeline, `locking`, a statement that may try a thread's lock
         (with `try_lock`; its first row, if any, names the thread in `thread_id` and says in
         `locked` whether it was taken), then `then`, which run *whether or not* it was (each
-        statement its own transaction, seeing the ones before). The lease (None if the lock
-        was not taken) and every statement's rows.
+        statement seeing the ones before; one transaction). The lease (None if the lock was
+        not taken) and every statement's rows.
 
         The lock is not waited for: the caller (the device socket's answer task) must not
         wait on a busy thread. Its in-process lock is not taken either; a local step waiting
@@ -158,8 +166,9 @@ async def _returned(
 
 
 async def _pipeline(conn: AsyncConnection[DictRow], statements: Sequence[Statement]) -> list[Rows]:
-    """The statements in one pipeline, in order, each its own transaction (autocommit) with a
-    snapshot of its own: a statement after a lock sees what was committed before the lock."""
+    """The statements in one pipeline, in order. They are one implicit transaction (one Sync
+    at the end), committed when the pipeline ends or rolled back at the first error, and each
+    has a snapshot of its own: a statement after a lock sees what was committed before it."""
     async with conn.pipeline():
         cursors = [await conn.execute(sql.replace("?", "%s"), params) for sql, params in statements]
     return [cast(Rows, await c.fetchall()) if c.description else [] for c in cursors]

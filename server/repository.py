@@ -17,6 +17,7 @@ from typing import Any, Literal
 import psycopg
 
 from checkpoints import Database
+from checkpoints.latest import CheckpointMark
 from device.protocol import make_device_token
 from server.locks import try_lock
 
@@ -118,6 +119,17 @@ STEP_JOINS = (
     "LEFT JOIN device_inbox i ON i.call_id = c.call_id"
 )
 SELECT_STEP = f"SELECT {STEP_COLUMNS} {STEP_JOINS} WHERE r.run_id = ? ORDER BY c.seq"
+#: Postgres: the thread's latest root checkpoint and its number of stored writes (the
+#: checkpointer's tables), read with the run under its thread's lock: what the step may take
+#: from the checkpoints this process keeps (`checkpoints.latest`).
+MARK_COLUMNS = "mark.checkpoint_id AS mark_checkpoint, mark.writes AS mark_writes"
+MARK_JOIN = (
+    "LEFT JOIN LATERAL (SELECT k.checkpoint_id, (SELECT count(*) FROM checkpoint_writes w "
+    "WHERE w.thread_id = k.thread_id AND w.checkpoint_ns = '' "
+    "AND w.checkpoint_id = k.checkpoint_id) AS writes FROM checkpoints k "
+    "WHERE k.thread_id = r.thread_id AND k.checkpoint_ns = '' "
+    "ORDER BY k.checkpoint_id DESC LIMIT 1) mark ON true"
+)
 SELECT_USER_RUN = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ? AND thread_id = ? AND user_id = ?"
 )
@@ -297,6 +309,8 @@ class Execution:
     open_calls: list[OpenCall]
     #: The run was parked with every call answered and is now `running`: resume those calls.
     claimed: bool = False
+    #: Postgres: its thread's latest checkpoint, read under the thread's lock.
+    checkpoint: CheckpointMark | None = None
 
 
 class ThreadBusy(Exception):
@@ -320,8 +334,12 @@ class PendingCall:
 class Repository:
     """All server reads and writes, as keyword-only methods over one `Database`."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, checkpoint_marks: bool = False) -> None:
+        """`checkpoint_marks`: the step's read of a run also reads its thread's latest
+        checkpoint (`Execution.checkpoint`), for savers that keep them (Postgres only: the
+        checkpointer's tables must be in the same database)."""
         self.db = db
+        self.checkpoint_marks = checkpoint_marks and db.kind == "postgres"
 
     # keys and devices
 
@@ -553,7 +571,11 @@ class Repository:
         return [
             (STORE_ANSWER_TRY_LOCK, (int(ok), json.dumps(payload), stamp, *call)),
             claim_and_read(
-                CLAIM_ANSWERED_CALL, (stamp, stamp, *call), f"r.run_id = {RUN_OF_CALL}", call
+                CLAIM_ANSWERED_CALL,
+                (stamp, stamp, *call),
+                f"r.run_id = {RUN_OF_CALL}",
+                call,
+                mark=self.checkpoint_marks,
             ),
         ]
 
@@ -564,7 +586,10 @@ class Repository:
         stamp = now()
         claim = (stamp, stamp, run_id)
         if self.db.kind == "postgres":
-            return [claim_and_read(CLAIM_ANSWERED, claim, "r.run_id = ?", (run_id,))]
+            where = "r.run_id = ?"
+            return [
+                claim_and_read(CLAIM_ANSWERED, claim, where, (run_id,), mark=self.checkpoint_marks)
+            ]
         return [(CLAIM_ANSWERED, claim), (SELECT_STEP, (run_id,))]
 
     @staticmethod
@@ -601,7 +626,14 @@ class Repository:
         run = _run(first)
         if claimed:  # read in the claim's statement, so as it was before the claim
             run["status"] = "running"
-        return Execution(run, assistant, calls, claimed=claimed)
+        mark = None
+        if "mark_writes" in first:
+            mark = CheckpointMark(
+                thread_id=run["thread_id"],
+                checkpoint_id=first["mark_checkpoint"],
+                writes=int(first["mark_writes"] or 0),
+            )
+        return Execution(run, assistant, calls, claimed=claimed, checkpoint=mark)
 
     async def start_step(self, run: dict[str, Any]) -> bool:
         """The run is running (its thread busy); False if it has ended."""
@@ -887,14 +919,22 @@ class Repository:
 
 
 def claim_and_read(
-    claim: str, claim_params: tuple[Any, ...], where: str, where_params: tuple[Any, ...]
+    claim: str,
+    claim_params: tuple[Any, ...],
+    where: str,
+    where_params: tuple[Any, ...],
+    *,
+    mark: bool = False,
 ) -> tuple[str, tuple[Any, ...]]:
     """Postgres: a claim (an `UPDATE runs ... RETURNING`) and the step's read of the run it
     names as one statement, with a `claimed` column. Both see one snapshot, so the read shows
-    the run as it was before the claim (`execution_of` sets the status the claim gave it)."""
+    the run as it was before the claim (`execution_of` sets the status the claim gave it).
+    `mark`: also read the thread's latest checkpoint (`MARK_COLUMNS`)."""
+    marks = (f", {MARK_COLUMNS}", MARK_JOIN) if mark else ("", "")
     sql = (
         f"WITH claimed AS ({claim}) SELECT {STEP_COLUMNS}, "
-        f"EXISTS (SELECT 1 FROM claimed) AS claimed {STEP_JOINS} WHERE {where} ORDER BY c.seq"
+        f"EXISTS (SELECT 1 FROM claimed) AS claimed{marks[0]} {STEP_JOINS} {marks[1]} "
+        f"WHERE {where} ORDER BY c.seq"
     )
     return sql, claim_params + where_params
 

@@ -35,6 +35,7 @@ from langgraph.pregel import Pregel
 from langgraph.types import Command, Durability, Interrupt, StreamMode
 from pydantic import TypeAdapter, ValidationError
 
+from checkpoints.latest import vouched
 from device.protocol import RunComplete, RunContext, RunProgress, ToolCallFrame, ToolResult
 from nodes.bridge import is_device_request
 from nodes.context import AgentContext
@@ -220,16 +221,20 @@ class RunManager:
             return  # cancelled meanwhile
         self.events.status_changed(run["run_id"])
         try:
-            end = await self._stream(run, graph, step.payload, config, context)
+            with vouched(execution.checkpoint):
+                end = await self._stream(run, graph, step.payload, config, context)
         except asyncio.CancelledError:
+            self.graphs.forget_checkpoint(run["thread_id"])
             raise
         except Exception as exc:  # the run's boundary: record the failure, keep the worker
+            self.graphs.forget_checkpoint(run["thread_id"])
             log.exception("run %s failed", run["run_id"])
             await self._finish(
                 run, "error", {}, RUN_FAILED.format(kind=type(exc).__name__, message=exc)
             )
             return
         if end is None:  # cancelled, and stopped at a step boundary: nothing more
+            self.graphs.forget_checkpoint(run["thread_id"])
             self.cancelling.discard(run["run_id"])
             return
         if not end.interrupts and not end.values:  # finished, unwatched: read its values

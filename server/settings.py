@@ -34,6 +34,13 @@ class Settings(BaseSettings):
         le=64,
         description="Postgres checkpointers; each runs one operation at a time.",
     )
+    checkpoint_cache: int = Field(
+        default=256,
+        ge=0,
+        le=100_000,
+        description="Postgres: threads whose latest checkpoint is kept in memory, so that a "
+        "run resumed here does not read back what its previous step wrote (0: none).",
+    )
     durability: Literal["exit", "async", "sync"] = Field(
         default="exit",
         description="When a run's checkpoints are written: at the end of each step between "

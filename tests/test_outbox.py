@@ -13,6 +13,7 @@ from checkpoints import open_database
 from checkpoints.factory import IdleCheck
 from server.locks import ThreadLocks
 from server.repository import Execution, Repository
+from tests.support.records import agentic_run
 
 USER = "ana"
 DEVICE = "laptop"
@@ -57,19 +58,7 @@ async def outbox(database_url: str) -> AsyncIterator[Outbox]:
     async with open_database(database_url) as db:
         repo = Repository(db)
         await repo.add_device(user_id=USER, device_id=DEVICE)
-        assistant, _ = await repo.create_assistant(
-            user_id=USER, graph_id="agentic_loop", context={"device_id": DEVICE}
-        )
-        thread, _ = await repo.create_thread(user_id=USER)
-        assert thread is not None
-        run = await repo.create_run(
-            user_id=USER,
-            thread_id=thread["thread_id"],
-            assistant_id=assistant["assistant_id"],
-            kwargs={},
-            metadata=None,
-            device_id=DEVICE,
-        )
+        run = await agentic_run(repo, user_id=USER, device_id=DEVICE)
         assert await repo.start_step(run)
         yield Outbox(repo, ThreadLocks(db), run)
 

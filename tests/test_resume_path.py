@@ -9,16 +9,19 @@ thread's lock behind on a pooled connection."""
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import psycopg
 import pytest
 from fastapi import WebSocket
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from starlette.websockets import WebSocketState
 
-from checkpoints import Database, open_database
+from checkpoints import Database, open_checkpointers, open_database
+from checkpoints.latest import CachingPostgresSaver, LatestCheckpoints
 from checkpoints.store import PostgresDatabase
 from device.protocol import ToolResult
 from server.events import RunEvents
@@ -28,6 +31,7 @@ from server.locks import ThreadLocks
 from server.repository import Repository
 from server.runs import RunManager
 from tests.support import loop_brain
+from tests.support.records import agentic_run
 from tests.support.scripted import ScriptedChatModel
 
 USER, DEVICE = "ana", "laptop"
@@ -67,18 +71,11 @@ class World:
     async def first_call(self) -> dict[str, Any]:
         """Create an agentic-loop run on the device and run its first step: it parks on
         the first step's `create_task` call, which is pushed."""
-        assistant, _ = await self.repo.create_assistant(
-            user_id=USER, graph_id="agentic_loop", context={"device_id": DEVICE}
-        )
-        thread, _ = await self.repo.create_thread(user_id=USER)
-        assert thread is not None
-        self.run = await self.repo.create_run(
+        self.run = await agentic_run(
+            self.repo,
             user_id=USER,
-            thread_id=thread["thread_id"],
-            assistant_id=assistant["assistant_id"],
-            kwargs={"input": {"task": "make three tasks"}},
-            metadata=None,
             device_id=DEVICE,
+            kwargs={"input": {"task": "make three tasks"}},
         )
         await self.manager.execute(self.run["run_id"])
         assert await self.status() == "interrupted"
@@ -112,13 +109,18 @@ class World:
         return str(found["status"])
 
 
-def world_over(db: Database) -> World:
-    repo, hub, socket = Repository(db), DeviceHub(), RecordingSocket()
+def world_over(
+    db: Database, saver: BaseCheckpointSaver | None = None, *, model_turns: int = 20
+) -> World:
+    """A run manager on `db` whose device is connected; checkpoints in memory unless
+    `saver` (which, if it keeps checkpoints, gets the marks it needs)."""
+    marks = isinstance(saver, CachingPostgresSaver)
+    repo, hub, socket = Repository(db, checkpoint_marks=marks), DeviceHub(), RecordingSocket()
     hub.register(Connection(USER, DEVICE, cast(WebSocket, socket)))
-    model = ScriptedChatModel(script=[loop_brain.answer] * 20)
+    model = ScriptedChatModel(script=[loop_brain.answer] * model_turns)
     manager = RunManager(
         repo=repo,
-        graphs=GraphRegistry(model, [InMemorySaver()]),
+        graphs=GraphRegistry(model, [saver or InMemorySaver()]),
         hub=hub,
         events=RunEvents(),
         locks=ThreadLocks(db),
@@ -137,6 +139,22 @@ async def world(database_url: str) -> AsyncIterator[World]:
 async def pg_world(postgres_url: str) -> AsyncIterator[World]:
     async with open_database(postgres_url) as db:
         yield world_over(db)
+
+
+@asynccontextmanager
+async def kept_world(postgres_url: str, *, model_turns: int = 20) -> AsyncIterator[World]:
+    """On Postgres, with a saver that keeps the latest checkpoints (as the server's do)."""
+    async with (
+        open_database(postgres_url) as db,
+        open_checkpointers(postgres_url, count=1, keep_latest=8) as (saver,),
+    ):
+        yield world_over(db, saver, model_turns=model_turns)
+
+
+def kept(world: World) -> LatestCheckpoints:
+    saver = world.manager.graphs.saver_for(world.run["thread_id"])
+    assert isinstance(saver, CachingPostgresSaver)
+    return saver.latest
 
 
 @pytest.fixture
@@ -235,6 +253,35 @@ async def test_a_failed_statement_under_the_lock_leaves_no_lock_behind(
     assert checked_out(pg_world.db) == 0
 
 
+#: Makes a transaction's commit take this long (a deferred trigger that sleeps).
+SLOW_COMMIT = 0.5
+SLOW_COMMIT_TABLE = (
+    "CREATE TABLE parked (thread_id TEXT)",
+    "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+    f"$$ BEGIN PERFORM pg_sleep({SLOW_COMMIT}); RETURN NULL; END $$",
+    "CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON parked DEFERRABLE INITIALLY DEFERRED "
+    "FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+)
+
+
+async def test_a_lease_is_held_until_its_last_statements_commit(
+    pg_world: World, other_pool: ThreadLocks
+) -> None:
+    """A pipeline is one transaction, committed at its end, after the unlock has run: the
+    lock must stay taken (for the transaction) until then, or another process could take it
+    and read the thread as it was before the park."""
+    await pg_world.db.execute(*((sql, ()) for sql in SLOW_COMMIT_TABLE))
+    lease = await pg_world.manager.locks.take("t-1")
+    waiting = asyncio.create_task(other_pool.take("t-1", ("SELECT count(*) AS n FROM parked", ())))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+
+    await lease.release(("INSERT INTO parked VALUES ('t-1')", ()))
+    second = await asyncio.wait_for(waiting, SETTLE)
+    assert second.results[0][0]["n"] == 1  # it got the lock only once the insert was committed
+    await second.release()
+
+
 async def test_a_step_lets_its_lock_go_with_the_park_before_the_push(world: World) -> None:
     seen: list[tuple[str, bool]] = []
 
@@ -249,3 +296,33 @@ async def test_a_step_lets_its_lock_go_with_the_park_before_the_push(world: Worl
     await world.worked_until_calls(2)
 
     assert seen == [("interrupted", True), ("interrupted", True)]
+
+
+async def test_a_resumed_step_takes_its_checkpoint_from_memory(postgres_url: str) -> None:
+    async with kept_world(postgres_url) as world:
+        first = await world.first_call()
+        assert await world.answer(first) == "stored"  # straight from the answer
+        await world.settled()
+        second = world.socket.calls()[-1]
+        assert second["args"]["title"] == "Step 2 task"
+        assert kept(world).hits == 1
+
+        for _ in range(WORKERS):  # the queue's way: the worker's read has the mark too
+            await world.manager.slots.acquire()
+        assert await world.answer(second) == "stored"
+        for _ in range(WORKERS):
+            world.manager.slots.release()
+        await world.worked_until_calls(len(world.socket.calls()) + 1)
+        assert world.socket.calls()[-1]["args"]["title"] == "Step 3 task"
+        assert kept(world).hits == 2
+
+
+async def test_a_failed_step_forgets_its_kept_checkpoint(postgres_url: str) -> None:
+    async with kept_world(postgres_url, model_turns=2) as world:  # the third turn fails
+        call = await world.first_call()
+        assert len(kept(world)) == 1
+
+        assert await world.answer(call) == "stored"
+        await world.settled()
+        assert await world.status() == "error"
+        assert len(kept(world)) == 0
