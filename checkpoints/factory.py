@@ -113,19 +113,19 @@ async def open_checkpointer(url: str) -> AsyncIterator[BaseCheckpointSaver]:
 
 @asynccontextmanager
 async def open_checkpointers(
-    url: str, *, count: int, pool_size: int = 10, keep_latest: int = 0
+    url: str, *, count: int, pool_size: int = 10, keep_latest: int | None = None
 ) -> AsyncIterator[list[BaseCheckpointSaver]]:
     """`count` Postgres savers over one pool (each runs one operation at a time), or the
-    one saver of an embedded or in-memory store. `keep_latest`: on Postgres, the savers keep
-    the latest checkpoint of that many threads in memory for the server's steps
-    (`checkpoints.latest`); 0 keeps none."""
+    one saver of an embedded or in-memory store. `keep_latest`: on Postgres, the server's
+    savers (`checkpoints.latest.CachingPostgresSaver`), which keep the latest checkpoint of
+    that many threads in memory (0: none) and can defer their writes; None: LangGraph's own."""
     if storage_kind(url) == "postgres":
         async with postgres_pool(url, max_size=max(pool_size, count + 2)) as pool:
-            latest = LatestCheckpoints(keep_latest)
+            latest = LatestCheckpoints(keep_latest or 0)
             savers = [
-                CachingPostgresSaver(pool, latest=latest)
-                if keep_latest
-                else AsyncPostgresSaver(pool)
+                AsyncPostgresSaver(pool)
+                if keep_latest is None
+                else CachingPostgresSaver(pool, latest=latest)
                 for _ in range(max(1, count))
             ]
             await savers[0].setup()

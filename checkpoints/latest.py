@@ -12,6 +12,12 @@ way, the entry was evicted), the checkpoint is read from the database as usual.
 An entry is handed over, not shared: serving it removes it, and the step's own puts make the
 next one. A failed put or write forgets the thread.
 
+Inside `deferred_writes()`, the saver does not execute its writes: it adds its statements to
+the block's list, for the caller to run in a transaction of its own (the server runs a step's
+checkpoint in the pipeline that parks the run and lets its lock go, so the two commit
+together). The statements are the ones `AsyncPostgresSaver` runs (`put_statements`,
+`put_writes_statements`), serialized on the event loop instead of in a thread.
+
 Values are kept as they were put, except where the serializer would not give them back as
 they were: a value with a tuple inside its plain containers (lists, tuples, dicts) comes back
 from the database with lists in their place, so such a value is kept as the serializer reads
@@ -41,6 +47,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
+from psycopg.types.json import Jsonb
 
 #: Threads whose latest checkpoint a server keeps by default.
 DEFAULT_CAPACITY = 256
@@ -57,6 +64,8 @@ class CheckpointMark:
 
 
 VOUCHED: ContextVar[CheckpointMark | None] = ContextVar("relaygraph_vouched", default=None)
+Statement = tuple[str, Sequence[Any]]
+DEFERRED: ContextVar[list[Statement] | None] = ContextVar("relaygraph_deferred", default=None)
 
 
 @contextmanager
@@ -67,6 +76,21 @@ def vouched(mark: CheckpointMark | None) -> Iterator[None]:
         yield
     finally:
         VOUCHED.reset(token)
+
+
+@contextmanager
+def deferred_writes(active: bool = True) -> Iterator[list[Statement]]:
+    """Within this block (if `active`), checkpoint writes are collected in the list it gives,
+    not executed: the caller must run them, in order."""
+    statements: list[Statement] = []
+    if not active:
+        yield statements
+        return
+    token = DEFERRED.set(statements)
+    try:
+        yield statements
+    finally:
+        DEFERRED.reset(token)
 
 
 @dataclass
@@ -167,7 +191,8 @@ def as_stored(serde: SerializerProtocol, value: Any) -> Any:
 
 class CachingPostgresSaver(AsyncPostgresSaver):
     """`AsyncPostgresSaver` that keeps what it writes in `latest` and serves it back to a
-    vouched read of the same thread (see the module's docstring)."""
+    vouched read of the same thread, and that collects its writes instead of running them
+    inside `deferred_writes` (see the module's docstring)."""
 
     def __init__(self, conn: Any, *, latest: LatestCheckpoints) -> None:
         super().__init__(conn)
@@ -194,8 +219,15 @@ class CachingPostgresSaver(AsyncPostgresSaver):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         thread_id = str(config["configurable"]["thread_id"])
+        deferred = DEFERRED.get()
         try:
-            next_config = await super().aput(config, checkpoint, metadata, new_versions)
+            if deferred is None:
+                next_config = await super().aput(config, checkpoint, metadata, new_versions)
+            else:
+                next_config, statements = self.put_statements(
+                    config, checkpoint, metadata, new_versions
+                )
+                deferred.extend(statements)
         except BaseException:
             self.latest.forget(thread_id)
             raise
@@ -217,8 +249,12 @@ class CachingPostgresSaver(AsyncPostgresSaver):
     ) -> None:
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
+        deferred = DEFERRED.get()
         try:
-            await super().aput_writes(config, writes, task_id, task_path)
+            if deferred is None:
+                await super().aput_writes(config, writes, task_id, task_path)
+            else:
+                deferred.extend(self.put_writes_statements(config, writes, task_id, task_path))
         except BaseException:
             self.latest.forget(thread_id)
             raise
@@ -227,6 +263,78 @@ class CachingPostgresSaver(AsyncPostgresSaver):
             self.latest.add_writes(
                 thread_id, str(configurable["checkpoint_id"]), task_id, task_path, stored
             )
+
+    def put_statements(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> tuple[RunnableConfig, list[Statement]]:
+        """What `AsyncPostgresSaver.aput` runs: the new blobs, then the checkpoint row, with
+        primitive channel values inline and the others (and delta snapshots) in blobs."""
+        configurable = config["configurable"]
+        thread_id, checkpoint_ns = configurable["thread_id"], configurable["checkpoint_ns"]
+        inline = dict(checkpoint["channel_values"])
+        blob_values: dict[str, Any] = {}
+        for channel, value in checkpoint["channel_values"].items():
+            if isinstance(value, _DeltaSnapshot):
+                blob_values[channel] = inline.pop(channel)
+                inline[channel] = True
+            elif value is not None and not isinstance(value, str | int | float | bool):
+                blob_values[channel] = inline.pop(channel)
+        versions = {k: v for k, v in new_versions.items() if k in blob_values}
+        statements: list[Statement] = [
+            (self.UPSERT_CHECKPOINT_BLOBS_SQL, row)
+            for row in self._dump_blobs(thread_id, checkpoint_ns, blob_values, versions)
+        ]
+        stored = {**checkpoint, "channel_values": inline}
+        statements.append(
+            (
+                self.UPSERT_CHECKPOINTS_SQL,
+                (
+                    thread_id,
+                    checkpoint_ns,
+                    checkpoint["id"],
+                    configurable.get("checkpoint_id"),
+                    Jsonb(stored),
+                    Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
+                ),
+            )
+        )
+        next_config: RunnableConfig = {
+            "configurable": {
+                "thread_id": thread_id,
+                "checkpoint_ns": checkpoint_ns,
+                "checkpoint_id": checkpoint["id"],
+            }
+        }
+        return next_config, statements
+
+    def put_writes_statements(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str,
+    ) -> list[Statement]:
+        """What `AsyncPostgresSaver.aput_writes` runs: writes to special channels replace the
+        stored ones, the others are inserted if not stored yet."""
+        configurable = config["configurable"]
+        query = (
+            self.UPSERT_CHECKPOINT_WRITES_SQL
+            if all(channel in WRITES_IDX_MAP for channel, _ in writes)
+            else self.INSERT_CHECKPOINT_WRITES_SQL
+        )
+        rows = self._dump_writes(
+            configurable["thread_id"],
+            configurable["checkpoint_ns"],
+            configurable["checkpoint_id"],
+            task_id,
+            task_path,
+            writes,
+        )
+        return [(query, row) for row in rows]
 
     async def adelete_thread(self, thread_id: str) -> None:
         self.latest.forget(str(thread_id))

@@ -7,7 +7,6 @@ from fastapi import FastAPI
 from langchain_core.language_models import BaseChatModel
 
 from checkpoints import open_checkpointers, open_database
-from checkpoints.latest import CachingPostgresSaver
 from llm import load_chat_model
 from server.api import assistants, crons, devices, runs, system, threads
 from server.events import RunEvents
@@ -41,9 +40,7 @@ def create_app(settings: Settings | None = None, *, model: BaseChatModel | None 
             ) as db,
         ):
             choice = load_chat_model()
-            repo = Repository(
-                db, checkpoint_marks=any(isinstance(s, CachingPostgresSaver) for s in savers)
-            )
+            repo = Repository(db, checkpoint_marks=settings.checkpoint_cache > 0)
             graphs = GraphRegistry(model or choice.model, savers)
             hub, events = DeviceHub(), RunEvents()
             manager = RunManager(

@@ -56,6 +56,25 @@ class Lease:
         self._local, self._conn = local, conn
         self.released = False
 
+    async def run(self, *statements: Statement) -> list[Rows]:
+        """Run statements with the lock held (on Postgres on the lock's connection, one
+        transaction). If they fail, the lock is let go."""
+        if self.released:
+            raise RuntimeError(f"the lock of thread {self.thread_id} was released already")
+        if not statements:
+            return []
+        if self._conn is None:
+            return await self.db.results(*statements)
+        assert isinstance(self.db, PostgresDatabase)
+        try:
+            async with _returned(self.db, self._conn, keep=True):
+                return await _pipeline(self._conn, statements)
+        except BaseException:
+            self.released = True
+            if self._local is not None:
+                self._local.release()
+            raise
+
     async def release(self, *then: Statement) -> list[Rows]:
         if self.released:
             raise RuntimeError(f"the lock of thread {self.thread_id} was released already")

@@ -35,7 +35,7 @@ from langgraph.pregel import Pregel
 from langgraph.types import Command, Durability, Interrupt, StreamMode
 from pydantic import TypeAdapter, ValidationError
 
-from checkpoints.latest import vouched
+from checkpoints.latest import Statement, deferred_writes, vouched
 from device.protocol import RunComplete, RunContext, RunProgress, ToolCallFrame, ToolResult
 from nodes.bridge import is_device_request
 from nodes.context import AgentContext
@@ -220,8 +220,9 @@ class RunManager:
         if not execution.claimed and not await self.repo.start_step(run):
             return  # cancelled meanwhile
         self.events.status_changed(run["run_id"])
+        deferring = self.durability == "exit"  # written once, at the step's end
         try:
-            with vouched(execution.checkpoint):
+            with vouched(execution.checkpoint), deferred_writes(deferring) as writes:
                 end = await self._stream(run, graph, step.payload, config, context)
         except asyncio.CancelledError:
             self.graphs.forget_checkpoint(run["thread_id"])
@@ -229,17 +230,17 @@ class RunManager:
         except Exception as exc:  # the run's boundary: record the failure, keep the worker
             self.graphs.forget_checkpoint(run["thread_id"])
             log.exception("run %s failed", run["run_id"])
+            await lease.run(*writes)  # the checkpoint LangGraph wrote as the step failed
             await self._finish(
                 run, "error", {}, RUN_FAILED.format(kind=type(exc).__name__, message=exc)
             )
             return
         if end is None:  # cancelled, and stopped at a step boundary: nothing more
             self.graphs.forget_checkpoint(run["thread_id"])
+            await lease.run(*writes)
             self.cancelling.discard(run["run_id"])
             return
-        if not end.interrupts and not end.values:  # finished, unwatched: read its values
-            end.values = dict((await graph.aget_state(config)).values)
-        await self._after(run, assistant, end, lease, resumed=step.resumes)
+        await self._after(run, assistant, graph, config, end, lease, writes, resumed=step.resumes)
 
     async def _waits_for_its_device(self, run: dict[str, Any]) -> bool:
         """Scheduled runs of one device start one after another: a run that has not started
@@ -326,15 +327,23 @@ class RunManager:
         self,
         run: dict[str, Any],
         assistant: dict[str, Any],
+        graph: Pregel[Any, Any, Any, Any],
+        config: RunnableConfig,
         end: "StepEnd",
         lease: Lease,
+        writes: Sequence[Statement],
         *,
         resumed: bool,
     ) -> None:
+        """Park the run on its device calls, with the step's checkpoint `writes` in the same
+        transaction; or store the checkpoint and end the run."""
         device = [i for i in end.interrupts if is_device_request(i.value)]
         if device:
-            await self._park(run, device, lease, resumed=resumed)
+            await self._park(run, device, lease, resumed=resumed, writes=writes)
             return
+        await lease.run(*writes)
+        if not end.interrupts and not end.values:  # finished, unwatched: read its values
+            end.values = dict((await graph.aget_state(config)).values)
         if end.interrupts:  # a human's turn: the run ends, as in the LangGraph server
             await self._finish(run, "success", {}, None, thread_status="interrupted")
             return
@@ -354,6 +363,7 @@ class RunManager:
         *,
         resumed: bool = False,
         fresh: bool = True,
+        writes: Sequence[Statement] = (),
     ) -> None:
         """Store the pending calls and mark the run interrupted as the thread's lock is let
         go (one network round trip on Postgres), then push them: nothing can resume the run
@@ -370,7 +380,8 @@ class RunManager:
         statements = self.repo.park_statements(
             run=run, calls=calls, device_id=device_id, pushed=here, resumed=resumed
         )
-        parked = self.repo.parked(await lease.release(*statements))
+        results = await lease.release(*writes, *statements)
+        parked = self.repo.parked(results[len(writes) :])
         self.events.status_changed(run["run_id"])
         if not parked:  # it ended while the step ran (cancelled elsewhere): nothing to send
             return

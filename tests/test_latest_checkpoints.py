@@ -22,7 +22,13 @@ from langgraph.pregel import Pregel
 from langgraph.types import Command, Durability, interrupt
 
 from checkpoints import Database, open_checkpointers, open_database
-from checkpoints.latest import CachingPostgresSaver, CheckpointMark, LatestCheckpoints, vouched
+from checkpoints.latest import (
+    CachingPostgresSaver,
+    CheckpointMark,
+    LatestCheckpoints,
+    deferred_writes,
+    vouched,
+)
 from server.repository import Repository
 from tests.support.records import agentic_run
 
@@ -125,20 +131,33 @@ def same(kept: CheckpointTuple, stored: CheckpointTuple) -> None:
     assert kept.pending_writes == stored.pending_writes
 
 
-@pytest.mark.parametrize("durability", ["exit", "sync"])
+@pytest.mark.parametrize(
+    ("durability", "deferred"), [("exit", False), ("sync", False), ("exit", True)]
+)
 async def test_a_kept_checkpoint_is_what_the_database_gives_back(
-    setting: Setting, durability: Durability
+    setting: Setting, durability: Durability, deferred: bool
 ) -> None:
+    """Kept and stored tuples are the same, the stored one written by the saver itself or,
+    `deferred`, by the statements it gave instead (run here after the step)."""
     here = setting.here
-    await here.step(setting.config, {"messages": [HumanMessage(content="hi")]}, durability)
+
+    async def step(payload: Any) -> None:
+        with deferred_writes(deferred) as writes:
+            await here.step(setting.config, payload, durability)
+        if deferred:
+            assert writes and (await setting.mark()).checkpoint_id == before.checkpoint_id
+            await setting.db.execute(*writes)
+
+    before = await setting.mark()
+    await step({"messages": [HumanMessage(content="hi")]})
     for answer in ("yes", "no"):
         stored = await setting.from_database()
         assert stored.pending_writes  # the interrupt, at least
-        with vouched(await setting.mark()):
+        with vouched(before := await setting.mark()):
             kept = await here.saver.aget_tuple(setting.config)
         assert kept is not None
         same(kept, stored)
-        await here.step(setting.config, Command(resume=answer), durability)
+        await step(Command(resume=answer))
     assert here.latest.hits == 2 and here.latest.misses == 0
 
 

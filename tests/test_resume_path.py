@@ -16,8 +16,9 @@ from typing import Any, cast
 import psycopg
 import pytest
 from fastapi import WebSocket
-from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from starlette.websockets import WebSocketState
 
 from checkpoints import Database, open_checkpointers, open_database
@@ -29,12 +30,13 @@ from server.graphs import GraphRegistry
 from server.hub import Connection, DeviceHub
 from server.locks import ThreadLocks
 from server.repository import Repository
-from server.runs import RunManager
+from server.runs import INTERRUPT, RunManager
 from tests.support import loop_brain
 from tests.support.records import agentic_run
 from tests.support.scripted import ScriptedChatModel
 
 USER, DEVICE = "ana", "laptop"
+ERROR = "__error__"  # the channel of the write LangGraph stores for a failed task
 WORKERS = 2
 SETTLE = 10.0  # seconds for a step to end
 BUSY = 1.0  # seconds a lock wait may take before the lock counts as held
@@ -317,6 +319,41 @@ async def test_a_resumed_step_takes_its_checkpoint_from_memory(postgres_url: str
         assert kept(world).hits == 2
 
 
+async def stored_checkpoint(world: World) -> CheckpointTuple:
+    """The thread's latest checkpoint, read from the database."""
+    saver = world.manager.graphs.saver_for(world.run["thread_id"])
+    assert isinstance(saver, AsyncPostgresSaver)
+    found = await AsyncPostgresSaver.aget_tuple(
+        saver, {"configurable": {"thread_id": world.run["thread_id"]}}
+    )
+    assert found is not None
+    return found
+
+
+async def test_a_step_stores_its_checkpoint_with_its_park(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step's checkpoint is written in the park's transaction, not by the saver."""
+    written: list[str] = []
+
+    async def not_here(*args: Any, **kwargs: Any) -> None:
+        written.append("saver")
+        raise AssertionError("the saver wrote a checkpoint itself")
+
+    async with kept_world(postgres_url) as world:
+        monkeypatch.setattr(AsyncPostgresSaver, "aput", not_here)
+        monkeypatch.setattr(AsyncPostgresSaver, "aput_writes", not_here)
+        first = await world.first_call()
+        assert await world.answer(first) == "stored"
+        await world.settled()
+        second = world.socket.calls()[-1]
+
+        assert written == []
+        stored = await stored_checkpoint(world)
+        (interrupt,) = [w[2] for w in stored.pending_writes if w[1] == INTERRUPT]
+        assert [call["id"] for call in interrupt[0].value["calls"]] == [second["id"]]
+
+
 async def test_a_failed_step_forgets_its_kept_checkpoint(postgres_url: str) -> None:
     async with kept_world(postgres_url, model_turns=2) as world:  # the third turn fails
         call = await world.first_call()
@@ -326,3 +363,5 @@ async def test_a_failed_step_forgets_its_kept_checkpoint(postgres_url: str) -> N
         await world.settled()
         assert await world.status() == "error"
         assert len(kept(world)) == 0
+        stored = await stored_checkpoint(world)  # what LangGraph wrote as the step failed
+        assert any(channel == ERROR for _, channel, _ in stored.pending_writes)
