@@ -26,9 +26,10 @@ One run record spans the whole job: device round trips and server restarts do no
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
@@ -309,18 +310,23 @@ class RunManager:
         modes: list[StreamMode] = ["updates", "custom"]
         if self.events.watched(run_id):
             modes.append("values")
-        async for mode, data in graph.astream(
-            payload, config, context=context, durability=self.durability, stream_mode=modes
-        ):
-            self.events.publish(run_id, str(mode), data)
-            if mode == "custom" and isinstance(data, Mapping):
-                await self._progress_to_device(run, data)
-            elif mode == "updates" and isinstance(data, Mapping) and INTERRUPT in data:
-                end.interrupts.extend(data[INTERRUPT])
-            elif mode == "values" and isinstance(data, Mapping):
-                end.values = {k: v for k, v in data.items() if k != INTERRUPT}
-            if run_id in self.cancelling:
-                return None
+        stream = cast(  # typed as an iterator; it is an async generator, which can be closed
+            AsyncGenerator[Any, None],
+            graph.astream(
+                payload, config, context=context, durability=self.durability, stream_mode=modes
+            ),
+        )
+        async with aclosing(stream):  # stopped here, so its last checkpoint is written here
+            async for mode, data in stream:
+                self.events.publish(run_id, str(mode), data)
+                if mode == "custom" and isinstance(data, Mapping):
+                    await self._progress_to_device(run, data)
+                elif mode == "updates" and isinstance(data, Mapping) and INTERRUPT in data:
+                    end.interrupts.extend(data[INTERRUPT])
+                elif mode == "values" and isinstance(data, Mapping):
+                    end.values = {k: v for k, v in data.items() if k != INTERRUPT}
+                if run_id in self.cancelling:
+                    return None
         return end
 
     async def _after(

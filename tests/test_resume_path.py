@@ -68,6 +68,7 @@ class World:
     repo: Repository
     manager: RunManager
     socket: RecordingSocket
+    model: ScriptedChatModel
     run: dict[str, Any] = field(default_factory=dict)
 
     async def first_call(self) -> dict[str, Any]:
@@ -128,7 +129,7 @@ def world_over(
         locks=ThreadLocks(db),
         workers=WORKERS,
     )  # not started: nothing takes runs from the queue until a test starts it
-    return World(db, repo, manager, socket)
+    return World(db, repo, manager, socket, model)
 
 
 @pytest.fixture
@@ -365,3 +366,27 @@ async def test_a_failed_step_forgets_its_kept_checkpoint(postgres_url: str) -> N
         assert len(kept(world)) == 0
         stored = await stored_checkpoint(world)  # what LangGraph wrote as the step failed
         assert any(channel == ERROR for _, channel, _ in stored.pending_writes)
+
+
+async def test_a_step_cancelled_midway_stores_where_it_stopped(postgres_url: str) -> None:
+    """Cancelled during its model turn, the step stops at the next step boundary; the
+    checkpoint LangGraph writes as it stops is stored with the lock held."""
+    async with kept_world(postgres_url) as world:
+        first = await world.first_call()
+        parked = await stored_checkpoint(world)
+
+        def cancel_then_answer(messages: list[Any], names: set[str]) -> Any:
+            world.manager.cancelling.add(world.run["run_id"])  # as RunManager.cancel does
+            return loop_brain.answer(messages, names)
+
+        world.model.script.insert(0, cancel_then_answer)
+        assert await world.answer(first) == "stored"
+        await world.settled()
+
+        assert world.socket.calls() == [first]  # stopped before its next call
+        stopped = await stored_checkpoint(world)
+        assert (
+            stopped.config["configurable"]["checkpoint_id"]
+            != parked.config["configurable"]["checkpoint_id"]
+        )
+        assert await is_free(world.manager.locks, world.run["thread_id"])
