@@ -18,13 +18,23 @@ checkpoint in the pipeline that parks the run and lets its lock go, so the two c
 together). The statements are the ones `AsyncPostgresSaver` runs (`put_statements`,
 `put_writes_statements`), serialized on the event loop instead of in a thread.
 
-Values are kept as they were put, except where the serializer would not give them back as
-they were: a value with a tuple inside its plain containers (lists, tuples, dicts) comes back
-from the database with lists in their place, so such a value is kept as the serializer reads
-it back (`as_stored`). Messages and other objects are rebuilt by their own types on the way
-back, so they are kept as they are (`tests/test_latest_checkpoints.py` compares the two).
+Values are kept as the step left them: what its next superstep would have seen had the graph
+not stopped (plain containers copied, so that later changes in place do not reach them). The
+database gives back their serialized form, which can differ in type, not in content: a tuple
+comes back as a list, an `Enum` stored inline as its value, a `bytearray` as `bytes`. A value
+with a tuple in its plain containers (lists, tuples, dicts) is kept as the serializer gives it
+back, so the common case matches exactly (`as_stored`); tuples inside other objects (a message's
+`additional_kwargs`, a dataclass) and the other types above are kept as they were made. Graph
+code sees those types between supersteps anyway. With `LANGGRAPH_STRICT_MSGPACK` set, a
+database read refuses types not registered with the serializer; a kept checkpoint does not.
+
+The mark is the checkpoint id and the number of its writes: a write that replaces one of the
+same task and index (the error, interrupt and resume channels are upserted) without a new
+checkpoint, by another process, is not seen. Every step of this server that writes also writes
+a new checkpoint, so that happens only to a step stopped before its first superstep.
 """
 
+import copy
 import json
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -65,7 +75,17 @@ class CheckpointMark:
 
 VOUCHED: ContextVar[CheckpointMark | None] = ContextVar("relaygraph_vouched", default=None)
 Statement = tuple[str, Sequence[Any]]
-DEFERRED: ContextVar[list[Statement] | None] = ContextVar("relaygraph_deferred", default=None)
+
+
+@dataclass
+class Deferred:
+    """The statements of one thread's root checkpoint writes, collected in order."""
+
+    thread_id: str
+    statements: list[Statement] = field(default_factory=list)
+
+
+DEFERRED: ContextVar[Deferred | None] = ContextVar("relaygraph_deferred", default=None)
 
 
 @contextmanager
@@ -79,18 +99,33 @@ def vouched(mark: CheckpointMark | None) -> Iterator[None]:
 
 
 @contextmanager
-def deferred_writes(active: bool = True) -> Iterator[list[Statement]]:
-    """Within this block (if `active`), checkpoint writes are collected in the list it gives,
-    not executed: the caller must run them, in order."""
-    statements: list[Statement] = []
+def deferred_writes(thread_id: str, active: bool = True) -> Iterator[list[Statement]]:
+    """Within this block (if `active`), the writes of `thread_id`'s root checkpoint are
+    collected in the list it gives, not executed: the caller must run them, in order. Other
+    threads' and subgraphs' checkpoints are written as usual (a subgraph may read its own back
+    within the step)."""
+    deferred = Deferred(thread_id)
     if not active:
-        yield statements
+        yield deferred.statements
         return
-    token = DEFERRED.set(statements)
+    token = DEFERRED.set(deferred)
     try:
-        yield statements
+        yield deferred.statements
     finally:
         DEFERRED.reset(token)
+
+
+def _deferred_for(config: RunnableConfig) -> list[Statement] | None:
+    """Where this write goes if it is deferred: the root checkpoint of the deferred thread."""
+    deferred = DEFERRED.get()
+    configurable = config["configurable"]
+    if (
+        deferred is None
+        or configurable.get("checkpoint_ns")
+        or str(configurable["thread_id"]) != deferred.thread_id
+    ):
+        return None
+    return deferred.statements
 
 
 @dataclass
@@ -184,9 +219,13 @@ def has_plain_tuple(value: Any) -> bool:
 
 
 def as_stored(serde: SerializerProtocol, value: Any) -> Any:
-    """`value` as the database would give it back, without a round trip when it would be
-    the same (see the module's docstring)."""
-    return serde.loads_typed(serde.dumps_typed(value)) if has_plain_tuple(value) else value
+    """`value` to keep: as the serializer gives it back if it holds a plain tuple, otherwise
+    itself, a plain container copied (a channel may add to its value in place after the
+    checkpoint was put: LangGraph applies the other tasks' writes as it stops on an
+    interrupt). See the module's docstring."""
+    if has_plain_tuple(value):
+        return serde.loads_typed(serde.dumps_typed(value))
+    return copy.copy(value) if type(value) in (list, dict, set) else value
 
 
 class CachingPostgresSaver(AsyncPostgresSaver):
@@ -219,7 +258,7 @@ class CachingPostgresSaver(AsyncPostgresSaver):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         thread_id = str(config["configurable"]["thread_id"])
-        deferred = DEFERRED.get()
+        deferred = _deferred_for(config)
         try:
             if deferred is None:
                 next_config = await super().aput(config, checkpoint, metadata, new_versions)
@@ -249,7 +288,7 @@ class CachingPostgresSaver(AsyncPostgresSaver):
     ) -> None:
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
-        deferred = DEFERRED.get()
+        deferred = _deferred_for(config)
         try:
             if deferred is None:
                 await super().aput_writes(config, writes, task_id, task_path)

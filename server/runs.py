@@ -26,11 +26,13 @@ One run record spans the whole job: device round trips and server restarts do no
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Coroutine, Mapping, Sequence
+import sqlite3
+from collections.abc import AsyncGenerator, Awaitable, Coroutine, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+import psycopg
 from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
 from langgraph.types import Command, Durability, Interrupt, StreamMode
@@ -59,6 +61,10 @@ RECURSION_LIMIT = 200
 RUN_ID_KEY = "relaygraph_run_id"
 CONTEXT = TypeAdapter(AgentContext)
 RUN_FAILED = "{kind}: {message}"
+STEP_NOT_STORED = "The step's checkpoint and its end could not be stored: {error}"
+#: What a refused write raises: the run ends as an error, its worker goes on.
+DATABASE_ERRORS = (psycopg.Error, sqlite3.Error)
+T = TypeVar("T")
 #: The graph whose "modified since" watermark is kept per assistant.
 WATERMARKED_GRAPH = "local_agent"
 
@@ -223,7 +229,10 @@ class RunManager:
         self.events.status_changed(run["run_id"])
         deferring = self.durability == "exit"  # written once, at the step's end
         try:
-            with vouched(execution.checkpoint), deferred_writes(deferring) as writes:
+            with (
+                vouched(execution.checkpoint),
+                deferred_writes(run["thread_id"], deferring) as writes,
+            ):
                 end = await self._stream(run, graph, step.payload, config, context)
         except asyncio.CancelledError:
             self.graphs.forget_checkpoint(run["thread_id"])
@@ -231,17 +240,38 @@ class RunManager:
         except Exception as exc:  # the run's boundary: record the failure, keep the worker
             self.graphs.forget_checkpoint(run["thread_id"])
             log.exception("run %s failed", run["run_id"])
-            await lease.run(*writes)  # the checkpoint LangGraph wrote as the step failed
+            await self._store_stopped(run, lease, writes)
             await self._finish(
                 run, "error", {}, RUN_FAILED.format(kind=type(exc).__name__, message=exc)
             )
             return
         if end is None:  # cancelled, and stopped at a step boundary: nothing more
             self.graphs.forget_checkpoint(run["thread_id"])
-            await lease.run(*writes)
+            await self._store_stopped(run, lease, writes)
             self.cancelling.discard(run["run_id"])
             return
         await self._after(run, assistant, graph, config, end, lease, writes, resumed=step.resumes)
+
+    async def _store_stopped(
+        self, run: dict[str, Any], lease: Lease, writes: Sequence[Statement]
+    ) -> None:
+        """Store the checkpoint LangGraph wrote as a step failed or was cancelled; the run's
+        end is recorded whether or not the database takes it."""
+        try:
+            await lease.run(*writes)
+        except DATABASE_ERRORS:
+            log.exception("run %s: the stopped step's checkpoint was not stored", run["run_id"])
+
+    async def _stored(self, run: dict[str, Any], work: Awaitable[T]) -> T | None:
+        """`work`, a step's last writes (its checkpoint, its park); if the database refuses
+        them, nothing of the step is stored and the run ends as an error (None)."""
+        try:
+            return await work
+        except DATABASE_ERRORS as exc:
+            self.graphs.forget_checkpoint(run["thread_id"])
+            log.exception("run %s: its step could not be stored", run["run_id"])
+            await self._finish(run, "error", {}, STEP_NOT_STORED.format(error=exc))
+            return None
 
     async def _waits_for_its_device(self, run: dict[str, Any]) -> bool:
         """Scheduled runs of one device start one after another: a run that has not started
@@ -347,7 +377,8 @@ class RunManager:
         if device:
             await self._park(run, device, lease, resumed=resumed, writes=writes)
             return
-        await lease.run(*writes)
+        if await self._stored(run, lease.run(*writes)) is None:
+            return
         if not end.interrupts and not end.values:  # finished, unwatched: read its values
             end.values = dict((await graph.aget_state(config)).values)
         if end.interrupts:  # a human's turn: the run ends, as in the LangGraph server
@@ -386,7 +417,9 @@ class RunManager:
         statements = self.repo.park_statements(
             run=run, calls=calls, device_id=device_id, pushed=here, resumed=resumed
         )
-        results = await lease.release(*writes, *statements)
+        results = await self._stored(run, lease.release(*writes, *statements))
+        if results is None:
+            return
         parked = self.repo.parked(results[len(writes) :])
         self.events.status_changed(run["run_id"])
         if not parked:  # it ended while the step ran (cancelled elsewhere): nothing to send

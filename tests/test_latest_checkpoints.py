@@ -142,7 +142,7 @@ async def test_a_kept_checkpoint_is_what_the_database_gives_back(
     here = setting.here
 
     async def step(payload: Any) -> None:
-        with deferred_writes(deferred) as writes:
+        with deferred_writes(str(setting.config["configurable"]["thread_id"]), deferred) as writes:
             await here.step(setting.config, payload, durability)
         if deferred:
             assert writes and (await setting.mark()).checkpoint_id == before.checkpoint_id
@@ -267,3 +267,16 @@ async def test_the_least_recently_written_thread_is_dropped_first(setting: Setti
     with vouched(CheckpointMark("t0", first.config["configurable"]["checkpoint_id"], 1)):
         assert await here.saver.aget_tuple({"configurable": {"thread_id": "t0"}}) is not None
     assert here.latest.misses == 1
+
+
+async def test_only_the_deferred_threads_root_checkpoint_waits(setting: Setting) -> None:
+    """Inside `deferred_writes(thread)`, another thread's checkpoint is written at once."""
+    here = setting.here
+    other: RunnableConfig = {"configurable": {"thread_id": "another-thread"}}
+    with deferred_writes(str(setting.config["configurable"]["thread_id"])) as writes:
+        await here.step(other, {"messages": [HumanMessage(content="hi")]})
+        assert writes == []
+        await here.step(setting.config, {"messages": [HumanMessage(content="hi")]})
+        assert writes
+    assert await AsyncPostgresSaver.aget_tuple(here.saver, other) is not None
+    assert await AsyncPostgresSaver.aget_tuple(here.saver, setting.config) is None  # not run

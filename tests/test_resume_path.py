@@ -355,6 +355,32 @@ async def test_a_step_stores_its_checkpoint_with_its_park(
         assert [call["id"] for call in interrupt[0].value["calls"]] == [second["id"]]
 
 
+async def test_a_park_the_database_refuses_stores_nothing_of_the_step(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint and the park are one transaction: when the park fails, the step's
+    checkpoint is not stored either, no call goes out, and the run ends as an error."""
+    async with kept_world(postgres_url) as world:
+        first = await world.first_call()
+        parked = await stored_checkpoint(world)
+        park_statements = world.repo.park_statements
+
+        def failing(**kwargs: Any) -> list[tuple[str, tuple[Any, ...]]]:
+            return [*park_statements(**kwargs), ("SELECT 1 / 0", ())]
+
+        monkeypatch.setattr(world.repo, "park_statements", failing)
+        assert await world.answer(first) == "stored"
+        await world.settled()
+
+        assert world.socket.calls() == [first]
+        run = await world.repo.get_run(world.run["run_id"])
+        assert run is not None and run["status"] == "error"
+        assert "could not be stored" in run["error"] and "division by zero" in run["error"]
+        assert (await stored_checkpoint(world)).config == parked.config
+        assert len(kept(world)) == 0
+        assert await is_free(world.manager.locks, world.run["thread_id"])
+
+
 async def test_a_failed_step_forgets_its_kept_checkpoint(postgres_url: str) -> None:
     async with kept_world(postgres_url, model_turns=2) as world:  # the third turn fails
         call = await world.first_call()
