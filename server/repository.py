@@ -688,21 +688,6 @@ class Repository:
         """Whether the park's statements parked the run (it had not ended)."""
         return bool(results and results[-1])
 
-    async def park_run(
-        self,
-        *,
-        run: dict[str, Any],
-        calls: list[tuple[str, str, str, dict[str, Any]]],
-        device_id: str | None,
-        pushed: bool = False,
-        resumed: bool = False,
-    ) -> bool:
-        """`park_statements`, run on their own (a step parks as it releases its lock)."""
-        statements = self.park_statements(
-            run=run, calls=calls, device_id=device_id, pushed=pushed, resumed=resumed
-        )
-        return self.parked(await self.db.results(*statements))
-
     async def finish_run(
         self,
         *,

@@ -13,7 +13,7 @@ from checkpoints import open_database
 from checkpoints.factory import IdleCheck
 from server.locks import ThreadLocks
 from server.repository import Execution, Repository
-from tests.support.records import agentic_run
+from tests.support.records import agentic_run, parked
 
 USER = "ana"
 DEVICE = "laptop"
@@ -27,7 +27,8 @@ class Outbox:
 
     async def park(self, *calls: tuple[str, str], resumed: bool = False) -> None:
         """Park the run on `(interrupt id, call id)` calls to its device."""
-        await self.repo.park_run(
+        await parked(
+            self.repo,
             run=self.run,
             calls=[(interrupt, call, "list_tasks", {}) for interrupt, call in calls],
             device_id=DEVICE,
@@ -119,11 +120,11 @@ async def test_a_run_cancelled_during_its_step_is_not_parked_again(outbox: Outbo
     stores no call and leaves the run cancelled."""
     assert await outbox.repo.cancel_run(run=outbox.run)
 
-    parked = await outbox.repo.park_run(
-        run=outbox.run, calls=[("i1", "c1", "list_tasks", {})], device_id=DEVICE
+    stored = await parked(
+        outbox.repo, run=outbox.run, calls=[("i1", "c1", "list_tasks", {})], device_id=DEVICE
     )
 
-    assert not parked
+    assert not stored
     run = await outbox.repo.get_run(outbox.run["run_id"])
     assert run is not None and run["status"] == "cancelled"
     assert await outbox.repo.pending_for_device(user_id=USER, device_id=DEVICE) == []

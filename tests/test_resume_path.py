@@ -32,7 +32,7 @@ from server.locks import ThreadLocks
 from server.repository import Repository
 from server.runs import INTERRUPT, RunManager
 from tests.support import loop_brain
-from tests.support.records import agentic_run
+from tests.support.records import agentic_run, parked
 from tests.support.scripted import ScriptedChatModel
 
 USER, DEVICE = "ana", "laptop"
@@ -231,7 +231,8 @@ async def test_an_answer_that_leaves_a_call_open_lets_the_lock_go(
 ) -> None:
     await pg_world.first_call()
     run = pg_world.run
-    await pg_world.repo.park_run(
+    await parked(
+        pg_world.repo,
         run=run,
         calls=[("i2", "c1", "list_tasks", {}), ("i2", "c2", "list_tasks", {})],
         device_id=DEVICE,

@@ -23,6 +23,7 @@ from server.repository import Repository, iso
 from server.runs import RunManager
 from server.schedule import next_fire, parse_schedule
 from server.scheduler import Scheduler
+from tests.support.records import parked as park
 from tests.support.scripted import ScriptedChatModel
 
 USER = "ana"
@@ -249,8 +250,11 @@ async def test_an_answered_run_nobody_resumed_is_queued_by_the_sweep(world: Worl
             metadata=None,
             device_id="laptop",
         )
-        await world.repo.park_run(
-            run=run, calls=[("i", c, "list_tasks", {}) for c in calls], device_id="laptop"
+        await park(
+            world.repo,
+            run=run,
+            calls=[("i", c, "list_tasks", {}) for c in calls],
+            device_id="laptop",
         )
         await world.repo.record_answer(
             user_id=USER, device_id="laptop", call_id=calls[0], ok=True, payload=[]

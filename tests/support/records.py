@@ -28,3 +28,9 @@ async def agentic_run(
         metadata=None,
         device_id=device_id,
     )
+
+
+async def parked(repo: Repository, **park: Any) -> bool:
+    """`Repository.park_statements(**park)` run on their own, as a step runs them when it
+    lets its lock go; whether the run was parked."""
+    return repo.parked(await repo.db.results(*repo.park_statements(**park)))
