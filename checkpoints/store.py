@@ -141,6 +141,14 @@ MIGRATIONS: Sequence[str] = (
     "ALTER TABLE devices ADD COLUMN online_until TEXT",
     "CREATE INDEX IF NOT EXISTS runs_device ON runs (user_id, device_id, status)",
     "ALTER TABLE device_calls ADD COLUMN pushed_at TEXT",
+    # ── files an agent's run could not process: retried on its next run ──
+    """CREATE TABLE IF NOT EXISTS relaygraph_file_retries (
+        agent_key TEXT NOT NULL,
+        path TEXT NOT NULL,
+        error TEXT NOT NULL,
+        failed_at TEXT NOT NULL,
+        PRIMARY KEY (agent_key, path)
+    )""",
 )
 
 SQLITE_BUSY_MS = 10_000
@@ -165,6 +173,35 @@ UPSERT_WATERMARK = (
     "INSERT INTO relaygraph_watermarks (agent_key, modified_since) VALUES (?, ?) "
     "ON CONFLICT (agent_key) DO UPDATE SET modified_since = excluded.modified_since"
 )
+
+SELECT_RETRIES = (
+    "SELECT path FROM relaygraph_file_retries WHERE agent_key = ? ORDER BY failed_at, path LIMIT ?"
+)
+DELETE_RETRY = "DELETE FROM relaygraph_file_retries WHERE agent_key = ? AND path = ?"
+UPSERT_RETRY = (
+    "INSERT INTO relaygraph_file_retries (agent_key, path, error, failed_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (agent_key, path) DO UPDATE SET error = excluded.error"
+)
+#: Files retried in one run (the triage takes at most as many; the rest wait their turn).
+RETRIES_PER_RUN = 1_000
+
+
+def outcome_statements(
+    agent_key: str, report: dict[str, Any], retried: Sequence[str]
+) -> list[tuple[str, Sequence[Any]]]:
+    """What a finished run changes for the next one, in its own transaction: the watermark
+    moves (unless the run failed as a whole), the files it retried leave the ledger, and
+    the files it could not process enter it (retried next run, changed or not)."""
+    statements: list[tuple[str, Sequence[Any]]] = []
+    if report.get("watermark"):
+        statements.append((UPSERT_WATERMARK, (agent_key, report["watermark"])))
+    statements += [(DELETE_RETRY, (agent_key, path)) for path in retried]
+    stamp = _now()
+    statements += [
+        (UPSERT_RETRY, (agent_key, f["path"], f["error"][:1_000], stamp))
+        for f in report.get("failed_files") or []
+    ]
+    return statements
 
 
 class Transaction(Protocol):
@@ -369,14 +406,20 @@ class AppStore:
     async def start_run(self, thread_id: str, agent_key: str) -> None:
         await self.db.execute((INSERT_RUN, (thread_id, agent_key, _now())))
 
-    async def finish_run(self, thread_id: str, agent_key: str, report: dict[str, Any]) -> None:
-        """Record the outcome and, in the same transaction, the agent's next watermark."""
-        statements: list[tuple[str, Sequence[Any]]] = [
-            (FINISH_RUN, (report["status"], _now(), json.dumps(report), thread_id))
-        ]
-        if report.get("watermark"):
-            statements.append((UPSERT_WATERMARK, (agent_key, report["watermark"])))
-        await self.db.execute(*statements)
+    async def finish_run(
+        self, thread_id: str, agent_key: str, report: dict[str, Any], retried: Sequence[str]
+    ) -> None:
+        """Record the outcome and, in the same transaction, what the next run starts from:
+        the watermark and the ledger of files to retry (`outcome_statements`)."""
+        await self.db.execute(
+            (FINISH_RUN, (report["status"], _now(), json.dumps(report), thread_id)),
+            *outcome_statements(agent_key, report, retried),
+        )
+
+    async def retry_files(self, agent_key: str) -> list[str]:
+        """The files earlier runs could not process, oldest failure first."""
+        rows = await self.db.fetch(SELECT_RETRIES, agent_key, RETRIES_PER_RUN)
+        return [str(r["path"]) for r in rows]
 
     async def watermark(self, agent_key: str) -> str | None:
         """The "modified since" for this agent's next run (None: process everything)."""

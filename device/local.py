@@ -5,17 +5,19 @@ effect, and a repeated id replays the stored result (invariant 6).
 """
 
 import asyncio
+import bisect
 import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from nodes.bridge import DeviceCall, DeviceResult
 from tools.policy import normalize_extension
+from tools.schemas import LIST_PAGE, SCAN_PAGE
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
@@ -45,6 +47,9 @@ CREATE TABLE IF NOT EXISTS device_calls (
 """
 
 ENTITY_TABLES = ("projects", "tasks", "notes", "timelines")
+RETURN_EXISTING = "return_existing"
+PREVIEW_CHARS = 2_000
+Page = dict[str, Any]  # {"items": [...], "next_cursor": str | None}
 NOT_A_DATABASE = "{path} is not a relaygraph entity database ({error})."
 OUTSIDE_ROOTS = "{path} is outside the folders this device shares."
 NOT_FOUND = "{kind} {id} does not exist."
@@ -94,39 +99,46 @@ class LocalDevice:
         self._db.close()
 
     async def execute(self, calls: Sequence[DeviceCall]) -> dict[str, DeviceResult]:
-        """Run a batch of calls in order; results by call id."""
-        results: dict[str, DeviceResult] = {}
-        for call in calls:
-            results[call["id"]] = await asyncio.to_thread(self.execute_one, call)
-        return results
+        """Run a batch of calls in order, in one transaction and one hop to a thread."""
+        return await asyncio.to_thread(self.execute_batch, calls)
 
     def execute_one(self, call: DeviceCall) -> DeviceResult:
         """Run one call once: replay the stored result of a call id seen before."""
-        self._db.execute("BEGIN IMMEDIATE")  # the replay check and the effect: one transaction
-        stored = self._db.execute(
-            "SELECT ok, payload FROM device_calls WHERE id = ?", (call["id"],)
-        ).fetchone()
-        if stored is not None:
-            self._db.execute("ROLLBACK")
-            result = _result(bool(stored["ok"]), json.loads(stored["payload"]))
-            self._notify(call, result, replayed=True)
-            return result
+        return self.execute_batch([call])[call["id"]]
+
+    def execute_batch(self, calls: Sequence[DeviceCall]) -> dict[str, DeviceResult]:
+        """Run calls in order; each result is stored by call id in the transaction that
+        holds its effect, and a call id seen before replays its stored result."""
+        results: dict[str, DeviceResult] = {}
+        replayed: set[str] = set()
+        self._db.execute("BEGIN IMMEDIATE")  # replay checks, effects and results: one commit
         try:
-            try:
-                result = DeviceResult(ok=True, result=self._run(call["name"], call["args"]))
-            except ToolFailed as exc:
-                result = DeviceResult(ok=False, error=str(exc))
-            payload = result.get("result") if result["ok"] else result.get("error")
-            self._db.execute(
-                "INSERT INTO device_calls (id, name, ok, payload, executedAt) VALUES (?,?,?,?,?)",
-                (call["id"], call["name"], int(result["ok"]), json.dumps(payload), _now()),
-            )
+            for call in calls:
+                stored = self._db.execute(
+                    "SELECT ok, payload FROM device_calls WHERE id = ?", (call["id"],)
+                ).fetchone()
+                if stored is not None:
+                    results[call["id"]] = _result(bool(stored["ok"]), json.loads(stored["payload"]))
+                    replayed.add(call["id"])
+                    continue
+                try:
+                    result = DeviceResult(ok=True, result=self._run(call["name"], call["args"]))
+                except ToolFailed as exc:
+                    result = DeviceResult(ok=False, error=str(exc))
+                payload = result.get("result") if result["ok"] else result.get("error")
+                self._db.execute(
+                    "INSERT INTO device_calls (id, name, ok, payload, executedAt) "
+                    "VALUES (?,?,?,?,?)",
+                    (call["id"], call["name"], int(result["ok"]), json.dumps(payload), _now()),
+                )
+                results[call["id"]] = result
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
-        self._notify(call, result, replayed=False)
-        return result
+        for call in calls:
+            self._notify(call, results[call["id"]], replayed=call["id"] in replayed)
+        return results
 
     def _notify(self, call: DeviceCall, result: DeviceResult, *, replayed: bool) -> None:
         if self.on_call is not None:
@@ -149,16 +161,26 @@ class LocalDevice:
             raise ToolFailed(OUTSIDE_ROOTS.format(path=path))
         return resolved
 
-    def _tool_list_directory(self, path: str) -> list[dict[str, Any]]:
+    def _tool_list_directory(
+        self, path: str, cursor: str | None = None, limit: int = LIST_PAGE
+    ) -> dict[str, Any]:
         folder = self._confined(path)
         try:
-            entries = sorted(folder.iterdir())
+            names = sorted(e.name for e in folder.iterdir())
         except OSError as exc:
             raise ToolFailed(f"Cannot list {path}: {exc.strerror or exc}") from exc
-        return [
-            {"name": e.name, "path": str(e), "type": "folder" if e.is_dir() else "file"}
-            for e in entries
+        start = bisect.bisect_right(names, cursor) if cursor else 0
+        page = names[start : start + limit]
+        more = start + limit < len(names)
+        entries = [
+            {
+                "name": n,
+                "path": str(folder / n),
+                "type": "folder" if (folder / n).is_dir() else "file",
+            }
+            for n in page
         ]
+        return {"entries": entries, "next_cursor": page[-1] if more and page else None}
 
     def _tool_get_file_metadata(self, path: str) -> dict[str, Any]:
         file = self._confined(path)
@@ -173,21 +195,30 @@ class LocalDevice:
             "modified": datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(),
         }
 
-    def _tool_read_file_content(self, path: str, max_chars: int = 20_000) -> dict[str, Any]:
+    def _tool_read_file_content(
+        self, path: str, offset: int = 0, max_chars: int = 20_000
+    ) -> dict[str, Any]:
         file = self._confined(path)
         try:
-            with file.open(encoding="utf-8", errors="replace") as handle:
-                content = handle.read(max_chars + 1)
+            text = file.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             raise ToolFailed(f"Cannot read {path}: {exc.strerror or exc}") from exc
+        content = text[offset : offset + max_chars]
         return {
             "path": str(file),
-            "content": content[:max_chars],
-            "truncated": len(content) > max_chars,
+            "offset": offset,
+            "content": content,
+            "total_chars": len(text),
+            "truncated": offset + len(content) < len(text),
         }
 
     def _tool_scan_directory(
-        self, path: str, extensions: list[str] | None = None, modified_since: str | None = None
+        self,
+        path: str,
+        extensions: list[str] | None = None,
+        modified_since: str | None = None,
+        cursor: str | None = None,
+        limit: int = SCAN_PAGE,
     ) -> dict[str, Any]:
         folder = self._confined(path)
         if not folder.is_dir():
@@ -197,33 +228,50 @@ class LocalDevice:
             since = datetime.fromisoformat(modified_since).timestamp() if modified_since else None
         except ValueError as exc:
             raise ToolFailed(BAD_TIME.format(value=modified_since)) from exc
-        files = []
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for filename in sorted(filenames):
-                file = Path(dirpath, filename)
-                if filename.startswith(".") or (wanted and file.suffix.lower() not in wanted):
-                    continue
-                try:
-                    stat = file.stat()
-                except OSError:
-                    continue
-                if since is not None and stat.st_mtime <= since:
-                    continue
-                modified = datetime.fromtimestamp(stat.st_mtime, UTC).isoformat()
-                files.append({"path": str(file), "size": stat.st_size, "modified": modified})
-        return {"root": str(folder), "files": files}
+        files: list[dict[str, Any]] = []
+        for file in _walk_in_path_order(folder, after=cursor):
+            if wanted and file.suffix.lower() not in wanted:
+                continue
+            try:
+                stat = file.stat()
+            except OSError:
+                continue
+            if since is not None and stat.st_mtime <= since:
+                continue
+            if len(files) == limit:  # one more exists: this page ends before it
+                return {"root": str(folder), "files": files, "next_cursor": files[-1]["path"]}
+            modified = datetime.fromtimestamp(stat.st_mtime, UTC).isoformat()
+            files.append({"path": str(file), "size": stat.st_size, "modified": modified})
+        return {"root": str(folder), "files": files, "next_cursor": None}
 
-    def _rows(self, table: str, project_id: str | None = None, **filters: Any) -> list[dict]:
-        sql, params = f"SELECT * FROM {table}", []
-        clauses = [f"{k} = ?" for k in filters]
-        params += list(filters.values())
-        if project_id is not None:
-            clauses.append("projectId = ?")
-            params.append(project_id)
+    def _page(
+        self,
+        table: str,
+        clauses: Sequence[str] = (),
+        params: Sequence[Any] = (),
+        *,
+        cursor: str | None,
+        limit: int,
+    ) -> Page:
+        """One page of `table` in (createdAt, id) order; the cursor is the last row's key."""
+        clauses, params = list(clauses), list(params)
+        if cursor:
+            created, _, row_id = cursor.partition("|")
+            clauses.append("(createdAt > ? OR (createdAt = ? AND id > ?))")
+            params += [created, created, row_id]
+        sql = f"SELECT * FROM {table}"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        return [_row(r) for r in self._db.execute(sql + " ORDER BY createdAt, id", params)]
+        sql += " ORDER BY createdAt, id LIMIT ?"
+        rows = [_row(r) for r in self._db.execute(sql, [*params, limit + 1])]
+        last = rows[limit - 1] if len(rows) > limit else None
+        next_cursor = f"{last['createdAt']}|{last['id']}" if last else None
+        return {"items": rows[:limit], "next_cursor": next_cursor}
+
+    def _listing(self, table: str, project_id: str | None, cursor: str | None, limit: int) -> Page:
+        if project_id is None:
+            return self._page(table, cursor=cursor, limit=limit)
+        return self._page(table, ["projectId = ?"], [project_id], cursor=cursor, limit=limit)
 
     def _columns(self, table: str, values: dict[str, Any]) -> None:
         """Argument names become column names: only the table's own are accepted."""
@@ -233,7 +281,10 @@ class LocalDevice:
             raise ToolFailed(UNKNOWN_FIELDS.format(kind=table, fields=", ".join(unknown)))
 
     def _insert(self, table: str, values: dict[str, Any]) -> dict[str, Any]:
+        on_duplicate = values.pop("onDuplicate", None)
         self._columns(table, values)
+        if on_duplicate == RETURN_EXISTING and (same := self._same_record(table, values)):
+            return {**same, "existing": True}
         now = _now()
         row = {"id": uuid.uuid4().hex, **values, "createdAt": now}
         if table != "task_comments":
@@ -245,6 +296,16 @@ class LocalDevice:
             list(row.values()),
         )
         return self._get(table, row["id"])
+
+    def _same_record(self, table: str, values: dict[str, Any]) -> dict[str, Any] | None:
+        """The record a create would duplicate: same project and title (a project: name)."""
+        if table == "projects":
+            sql, params = "SELECT * FROM projects WHERE lower(name) = lower(?)", [values["name"]]
+        else:
+            sql = f"SELECT * FROM {table} WHERE lower(title) = lower(?) AND projectId IS ?"
+            params = [values.get("title", ""), values.get("projectId")]
+        row = self._db.execute(sql + " ORDER BY createdAt, id LIMIT 1", params).fetchone()
+        return _row(row) if row is not None else None
 
     def _update(self, table: str, row_id: str, values: dict[str, Any]) -> dict[str, Any]:
         self._columns(table, values)
@@ -264,11 +325,40 @@ class LocalDevice:
             raise ToolFailed(NOT_FOUND.format(kind=table.rstrip("s"), id=row_id))
         return _row(row)
 
-    def _tool_list_projects(self) -> list[dict[str, Any]]:
-        return self._rows("projects", status="active")
+    def _tool_list_projects(self, cursor: str | None = None, limit: int = LIST_PAGE) -> Page:
+        return self._page("projects", ["status = ?"], ["active"], cursor=cursor, limit=limit)
 
-    def _tool_list_all_projects(self) -> list[dict[str, Any]]:
-        return self._rows("projects")
+    def _tool_list_all_projects(self, cursor: str | None = None, limit: int = LIST_PAGE) -> Page:
+        return self._page("projects", cursor=cursor, limit=limit)
+
+    def _tool_find_records(
+        self,
+        type: str,
+        titles: Sequence[str] = (),
+        query: str | None = None,
+        projectId: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page:
+        """Records whose title (a project's name) is one of `titles` or holds every word
+        of `query`, ignoring case; long note contents come back cut, and say so."""
+        if type not in ENTITY_TABLES:
+            raise ToolFailed(f"There are no records of type {type!r}.")
+        column = "name" if type == "projects" else "title"
+        matches, params = [], []
+        if titles:
+            matches.append(f"lower({column}) IN ({', '.join('?' * len(titles))})")
+            params += [t.lower() for t in titles]
+        if words := (query or "").lower().split():
+            matches.append(" AND ".join(f"instr(lower({column}), ?) > 0" for _ in words))
+            params += words
+        clauses = ["(" + " OR ".join(f"({m})" for m in matches) + ")"] if matches else []
+        if projectId is not None and type != "projects":
+            clauses.append("projectId = ?")
+            params.append(projectId)
+        page = self._page(type, clauses, params, cursor=cursor, limit=limit)
+        page["items"] = [_preview(item) for item in page["items"]]
+        return page
 
     def _tool_get_project(self, projectId: str) -> dict[str, Any]:
         return self._get("projects", projectId)
@@ -279,8 +369,10 @@ class LocalDevice:
     def _tool_update_project(self, projectId: str, **values: Any) -> dict[str, Any]:
         return self._update("projects", projectId, values)
 
-    def _tool_list_tasks(self, projectId: str | None = None) -> list[dict[str, Any]]:
-        return self._rows("tasks", projectId)
+    def _tool_list_tasks(
+        self, projectId: str | None = None, cursor: str | None = None, limit: int = LIST_PAGE
+    ) -> Page:
+        return self._listing("tasks", projectId, cursor, limit)
 
     def _tool_create_task(self, **values: Any) -> dict[str, Any]:
         return self._insert("tasks", values)
@@ -294,8 +386,10 @@ class LocalDevice:
             "task_comments", {"taskId": taskId, "content": content, "author": author}
         )
 
-    def _tool_list_notes(self, projectId: str | None = None) -> list[dict[str, Any]]:
-        return self._rows("notes", projectId)
+    def _tool_list_notes(
+        self, projectId: str | None = None, cursor: str | None = None, limit: int = LIST_PAGE
+    ) -> Page:
+        return self._listing("notes", projectId, cursor, limit)
 
     def _tool_get_note(self, noteId: str) -> dict[str, Any]:
         return self._get("notes", noteId)
@@ -306,8 +400,10 @@ class LocalDevice:
     def _tool_update_note(self, noteId: str, **values: Any) -> dict[str, Any]:
         return self._update("notes", noteId, values)
 
-    def _tool_list_timelines(self, projectId: str | None = None) -> list[dict[str, Any]]:
-        return self._rows("timelines", projectId)
+    def _tool_list_timelines(
+        self, projectId: str | None = None, cursor: str | None = None, limit: int = LIST_PAGE
+    ) -> Page:
+        return self._listing("timelines", projectId, cursor, limit)
 
     def _tool_create_timeline(self, **values: Any) -> dict[str, Any]:
         return self._insert("timelines", values)
@@ -337,6 +433,36 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
     if isinstance(values.get("assignees"), str):
         values["assignees"] = json.loads(values["assignees"])
     return values
+
+
+def _preview(record: dict[str, Any]) -> dict[str, Any]:
+    """A search result: a note's content cut to a preview (`get_note` reads it whole)."""
+    content = record.get("content")
+    if isinstance(content, str) and len(content) > PREVIEW_CHARS:
+        return {**record, "content": content[:PREVIEW_CHARS], "contentChars": len(content)}
+    return record
+
+
+def _walk_in_path_order(folder: Path, *, after: str | None) -> Iterator[Path]:
+    """The files under `folder` in the string order of their paths, from after `after`.
+    A folder sorts as its name plus "/", so files come out in the order of their paths, and
+    a subtree that lies wholly before `after` is skipped unread. Hidden entries are left out."""
+    try:
+        entries = [e for e in os.scandir(folder) if not e.name.startswith(".")]
+    except OSError:
+        return
+    keyed = sorted(
+        ((e.name + "/" if e.is_dir(follow_symlinks=False) else e.name), e) for e in entries
+    )
+    prefix = str(folder).rstrip("/") + "/"
+    for key, entry in keyed:
+        full = prefix + key
+        if key.endswith("/"):
+            if after is not None and full < after and not after.startswith(full):
+                continue
+            yield from _walk_in_path_order(Path(entry.path), after=after)
+        elif after is None or full > after:
+            yield Path(entry.path)
 
 
 def _result(ok: bool, payload: Any) -> DeviceResult:

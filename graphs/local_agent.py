@@ -1,7 +1,8 @@
-r"""The local directory agent: triage the folders, process each group in parallel, report.
+r"""The local directory agent: triage the folders, cut the groups into chunks that fit one
+model request each, process the chunks in parallel, report.
 
-START -> begin -> triage -(groups?)-> processing (one Send per group) -> finalize -> END
-                         \-(nothing to do)------------------------------^
+START -> begin -> triage -> plan -(chunks?)-> processing (one Send per chunk) -> finalize -> END
+                                  \-(nothing to do)------------------------------^
 """
 
 from langchain_core.language_models import BaseChatModel
@@ -11,7 +12,7 @@ from langgraph.graph.state import CompiledStateGraph
 from graphs import processing, triage
 from llm import load_chat_model
 from nodes.context import AgentContext
-from nodes.local_agent import begin, finalize, route_groups
+from nodes.local_agent import begin, finalize, plan, route_chunks
 from nodes.state import LocalAgentInput, LocalAgentOutput, LocalAgentState
 
 LocalAgentGraph = CompiledStateGraph[
@@ -32,11 +33,13 @@ def build(
     )
     builder.add_node(begin)
     builder.add_node("triage", triage.build(model))
+    builder.add_node(plan)
     builder.add_node("processing", processing.build(model))
     builder.add_node(finalize)
     builder.add_edge(START, "begin")
     builder.add_edge("begin", "triage")
-    builder.add_conditional_edges("triage", route_groups, ["processing", "finalize"])
+    builder.add_edge("triage", "plan")
+    builder.add_conditional_edges("plan", route_chunks, ["processing", "finalize"])
     builder.add_edge("processing", "finalize")
     builder.add_edge("finalize", END)
     return builder.compile(name="Local agent")

@@ -1,7 +1,8 @@
-r"""Triage: scan the folders in one device call, then the model groups the manifest.
+r"""Triage: scan the folders a page at a time, then the model groups the manifest.
 
 START -> scan_device -(files?)-> group_files -> END
-                     \-(none or error)-> END
+           ^   |     \-(none or error)-> END
+           `---'(pages left)
 """
 
 from langchain_core.language_models import BaseChatModel
@@ -24,7 +25,9 @@ def build(
     builder.add_node(scan_device)
     builder.add_node("group_files", group_files_node(model or load_chat_model().model))
     builder.add_edge(START, "scan_device")
-    builder.add_conditional_edges("scan_device", route_manifest, ["group_files", END])
+    builder.add_conditional_edges(
+        "scan_device", route_manifest, ["scan_device", "group_files", END]
+    )
     builder.add_edge("group_files", END)
     return builder.compile(name="Triage")
 

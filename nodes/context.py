@@ -39,6 +39,13 @@ class AgentContext:
     max_step_turns: int = field(
         default=4, metadata={"description": "Agentic loop: model turns with tools per step."}
     )
+    max_prompt_tokens: int = field(
+        default=96_000,
+        metadata={
+            "description": "Prompt tokens one model request may hold (sized for a 128k-token "
+            "model, with 32k left for the answer); work is chunked to fit."
+        },
+    )
     triage_chunk_size: int = field(
         default=150, metadata={"description": "Manifest entries per triage model call."}
     )

@@ -1,14 +1,19 @@
-"""Local-agent nodes around the subgraphs: start the run, fan out the groups, finalize."""
+"""Local-agent nodes around the subgraphs: start the run, plan the chunks, fan them out,
+finalize the report with each file's outcome."""
 
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from langgraph.runtime import Runtime
 from langgraph.types import Overwrite, Send
 
+from nodes.chunks import PLANNING_CHARS_PER_TOKEN, chunk_files, files_budget, plan_chunks
+from nodes.context import AgentContext
 from nodes.state import (
-    GroupOutcome,
+    ChunkOutcome,
+    FileFailure,
     LocalAgentInput,
     LocalAgentState,
     ProcessingInput,
@@ -23,60 +28,84 @@ def begin(state: LocalAgentInput) -> dict[str, Any]:
         "run_key": uuid.uuid4().hex[:12],
         "started_at": datetime.now(UTC).isoformat(),
         "modified_since": state.get("modified_since"),
-        # a new run on the same thread starts with no outcomes, groups or triage error
+        "retry_files": list(state.get("retry_files") or []),
+        # a new run on the same thread starts with no outcomes, chunks or triage error
         "outcomes": Overwrite([]),
         "groups": [],
+        "chunks": [],
+        "scan_round": 0,
+        "pending_pages": [],
+        "notices": [],
         "triage_error": None,
     }
 
 
-def route_groups(state: LocalAgentState) -> list[Send] | Literal["finalize"]:
-    """One `Send` to `processing` per group; nothing to process goes straight to finalize."""
-    groups = state.get("groups") or []
-    if state.get("triage_error") or not groups:
+def plan(state: LocalAgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Cut the groups into chunks that each fit one model request (pure: from file sizes)."""
+    if state.get("triage_error"):
+        return {"chunks": []}
+    context = runtime.context
+    budget = files_budget(context.max_prompt_tokens, context.data_types)
+    part_chars = max(1_000, budget * PLANNING_CHARS_PER_TOKEN)
+    chunks = plan_chunks(
+        state.get("groups") or [], state.get("manifest", []), part_chars=part_chars
+    )
+    return {"chunks": chunks}
+
+
+def route_chunks(state: LocalAgentState) -> list[Send] | Literal["finalize"]:
+    """One `Send` to `processing` per chunk; nothing to process goes straight to finalize."""
+    chunks = state.get("chunks") or []
+    if not chunks:
         return "finalize"
     return [
-        Send(
-            "processing",
-            ProcessingInput(
-                run_key=state["run_key"],
-                group_index=index,
-                group=group,
-                projects=state.get("projects", []),
-            ),
-        )
-        for index, group in enumerate(groups)
+        Send("processing", ProcessingInput(run_key=state["run_key"], chunk=chunk))
+        for chunk in chunks
     ]
 
 
 def finalize(state: LocalAgentState) -> LocalAgentState:
-    """The run's report; the watermark moves to the start time only on success or partial."""
-    outcomes = sorted(state.get("outcomes", []), key=lambda o: o["key"])
+    """The run's report. A file is processed only when every chunk holding a part of it
+    succeeded; the others are listed as failed and retried next run. The watermark moves to
+    the start time unless the run failed as a whole."""
+    outcomes = sorted(state.get("outcomes", []), key=lambda o: o["index"])
+    failures = _failures(outcomes)
+    touched = {path for chunk in state.get("chunks") or [] for path in chunk_files(chunk)}
+    processed = touched - set(failures)
     triage_error = state.get("triage_error")
     errors = [triage_error] if triage_error else []
     errors += [e for o in outcomes for e in o["errors"]]
-    status = _status(state, outcomes)
+    wrote = any(o["created"] or o["updated"] for o in outcomes)
+    status = _status(triage_error, bool(processed) or wrote, failures)
     return {
         "report": RunReport(
             status=status,
             files_scanned=len(state.get("manifest", [])),
-            files_processed=sum(o["files_read"] for o in outcomes),
+            files_processed=len(processed),
+            chunks=len(outcomes),
             created=_total(o["created"] for o in outcomes),
             updated=_total(o["updated"] for o in outcomes),
-            errors=errors,
+            errors=[*errors, *state.get("notices", [])],
+            failed_files=[FileFailure(path=p, error=e) for p, e in sorted(failures.items())],
             watermark=(state["started_at"] if status != "error" else state.get("modified_since")),
-            groups=outcomes,
+            outcomes=outcomes,
         )
     }
 
 
-def _status(state: LocalAgentState, outcomes: list[GroupOutcome]) -> RunStatus:
-    if state.get("triage_error"):
+def _failures(outcomes: list[ChunkOutcome]) -> dict[str, str]:
+    failures: dict[str, str] = {}
+    for outcome in outcomes:
+        for failure in outcome["failed"]:
+            failures.setdefault(failure["path"], failure["error"])
+    return failures
+
+
+def _status(triage_error: str | None, worked: bool, failures: dict[str, str]) -> RunStatus:
+    if triage_error:
         return "error"
-    failed = [o for o in outcomes if o["errors"]]
-    if not failed:
+    if not failures:
         return "success"
-    worked = any(o["files_read"] or o["created"] or o["updated"] for o in outcomes)
     return "partial" if worked else "error"
 
 

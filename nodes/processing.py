@@ -1,158 +1,377 @@
-"""Processing nodes: read a group's files and the existing records, then the tool loop.
+"""Processing nodes: one chunk's parts become creates and updates, a pass at a time.
 
-gather (one bridge call) -> call_model <-> execute_tools (one bridge call per model turn)
--> record_outcome. The loop is a graph cycle with a budget of model turns.
+read_parts (one bridge call) -> find_candidates (one bridge call) -> call_model <->
+execute_tools (one bridge call per model turn) -> record_pass -> the next pass, or
+record_outcome. Every request fits the prompt budget: the chunk was planned to, and a part
+denser than planned is split again and its pieces packed into passes.
 """
 
-import posixpath
+import json
 from typing import Any, Literal
 
-from langchain_core.messages import (
-    AIMessage,
-    SystemMessage,
-    ToolMessage,
-)
+from langchain_core.messages import AIMessage, SystemMessage, ToolMessage
+from langgraph.config import get_stream_writer
 from langgraph.runtime import Runtime
+from langgraph.types import Overwrite
 
+from llm.offline import Extracted, extract
+from llm.tokens import count_tokens
 from nodes import prompts
-from nodes.bridge import (
-    DeviceCall,
-    ask_device,
-    call_id,
+from nodes.bridge import DeviceCall, ask_device, call_id
+from nodes.chunks import (
+    candidates_budget,
+    chunk_files,
+    files_budget,
+    fit_parts,
+    owned_text,
+    passes,
+    read_window,
+    top_folder,
 )
 from nodes.context import AgentContext
 from nodes.payloads import GROUP_KIND, payload_message
-from nodes.state import STANDALONE, GroupOutcome, ProcessingState
+from nodes.state import (
+    STANDALONE,
+    ChunkOutcome,
+    FileFailure,
+    PartText,
+    ProcessingState,
+    Tally,
+)
 from nodes.tool_loop import wants_device
-from tools.catalog import DEVICE_TOOLS, LIST_TOOL_BY_DATA_TYPE
+from tools.catalog import DEVICE_TOOLS
+from tools.schemas import MAX_FIND_PAGE
 
-UNREADABLE = "{path}: could not be read ({error})"
-LIST_FAILED = "Could not list the existing {data_type}: {error}"
-BUDGET_USED = "Group {key}: the budget of {steps} model turns was used up before it finished."
+UNREADABLE = "could not be read ({error})"
+GREW = "changed since the scan (more text than planned); read again on the next run"
+SEARCH_FAILED = "Could not look up the existing {data_type}: {error}"
+WRITE_FAILED = "{tool}: {error}"
+BUDGET_USED = "Chunk {index}: the budget of {steps} model turns was used up before it finished."
+FIND_BATCH = 200  # titles per find_records call
 
 
-def gather(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """Read the group's files and fetch the existing records, in one device round trip."""
+def read_parts(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Read every part of the chunk in one device round trip, and pack the texts into passes."""
     context = runtime.context
-    group = state["group"]
-    scope = f"g{state['group_index']}.gather"
-    reads = [
-        DeviceCall(
-            id=call_id(state["run_key"], scope, f"read{i}"),
-            name="read_file_content",
-            args={"path": path, "max_chars": 20_000},
+    chunk = state["chunk"]
+    scope = f"c{chunk['index']}.read"
+    reads: list[DeviceCall] = []
+    for number, part in enumerate(chunk["parts"]):
+        offset, count = read_window(part)
+        args = {"path": part["path"], "offset": offset, "max_chars": min(count, 200_000)}
+        reads.append(
+            DeviceCall(
+                id=call_id(state["run_key"], scope, f"r{number}"),
+                name="read_file_content",
+                args=args,
+            )
         )
-        for i, path in enumerate(group["files"])
-    ]
-    project_filter = {} if group["key"] == STANDALONE else {"projectId": group["key"]}
-    lists = {
-        data_type: DeviceCall(
-            id=call_id(state["run_key"], scope, f"list-{data_type}"),
-            name=LIST_TOOL_BY_DATA_TYPE[data_type],  # type: ignore[index]
-            args={} if data_type == "projects" else dict(project_filter),
-        )
-        for data_type in context.data_types
+
+    results = ask_device(reads)
+
+    texts: list[PartText] = []
+    failed: dict[str, str] = {}
+    for part, read in zip(chunk["parts"], reads, strict=True):
+        result = results[read["id"]]
+        if not result["ok"]:
+            failed.setdefault(part["path"], UNREADABLE.format(error=result.get("error")))
+            continue
+        value = result.get("result")
+        body = value if isinstance(value, dict) else {"content": str(value or "")}
+        window = str(body.get("content", ""))
+        total = int(body.get("total_chars") or len(window))
+        text = owned_text(part, read["args"]["offset"], window, total)
+        if part["part"] == part["parts"] and text["end"] < total:
+            failed.setdefault(part["path"], GREW)
+            continue
+        texts.append(text)
+    texts = [t for t in texts if t["path"] not in failed]
+    budget = files_budget(context.max_prompt_tokens, context.data_types)
+    texts = fit_parts(texts, budget)
+    return {
+        "texts": texts,
+        "passes": passes(texts, budget),
+        "current": 0,
+        "failed": [FileFailure(path=p, error=e) for p, e in failed.items()],
     }
 
-    results = ask_device([*reads, *lists.values()])
 
-    files: list[dict[str, Any]] = []
-    errors: list[str] = []
-    for read in reads:
-        path = read["args"]["path"]
-        root = _root_of(path, context.directory_paths)
-        result = results[read["id"]]
-        if result["ok"]:
-            files.append({"path": path, "root": root, "content": _text(result.get("result"))})
-        else:
-            errors.append(UNREADABLE.format(path=path, error=result.get("error")))
-    existing: dict[str, Any] = {}
-    for data_type, listing in lists.items():
-        result = results[listing["id"]]
-        if result["ok"]:
-            existing[data_type] = result.get("result") or []
-        else:
-            errors.append(LIST_FAILED.format(data_type=data_type, error=result.get("error")))
+def route_read(state: ProcessingState) -> Literal["find_candidates", "record_outcome"]:
+    """A chunk none of whose parts could be read costs no model call."""
+    return "find_candidates" if state.get("passes") else "record_outcome"
 
+
+def find_candidates(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Look up the existing records the pass's texts may mention (by title, in the group's
+    project), in one device round trip, and open the pass's conversation with them."""
+    context = runtime.context
+    chunk = state["chunk"]
+    pass_texts = _pass_texts(state)
+    scope = f"c{chunk['index']}.p{state.get('current', 0)}"
+    project = None if chunk["key"] == STANDALONE else chunk["key"]
+    found = Extracted()
+    for text in pass_texts:
+        extract(text["content"], top_folder(text["path"], text["root"]), found)
+    titles = {
+        "tasks": sorted(found.tasks),
+        "notes": sorted(found.notes),
+        "timelines": sorted(found.timelines),
+        "projects": sorted({top_folder(t["path"], t["root"]) for t in pass_texts} - {""}),
+    }
+    finds: list[tuple[str, DeviceCall]] = []
+    for data_type in context.data_types:
+        wanted = titles[data_type]
+        if data_type == "projects" and project is not None:
+            continue  # the group's project is known
+        for batch in range(0, len(wanted), FIND_BATCH):
+            args: dict[str, Any] = {
+                "type": data_type,
+                "titles": wanted[batch : batch + FIND_BATCH],
+                "limit": MAX_FIND_PAGE,
+            }
+            if project is not None:
+                args["projectId"] = project
+            local = f"find-{data_type}-{batch // FIND_BATCH}"
+            finds.append(
+                (
+                    data_type,
+                    DeviceCall(
+                        id=call_id(state["run_key"], scope, local), name="find_records", args=args
+                    ),
+                )
+            )
+
+    results = ask_device([call for _, call in finds])
+
+    existing: dict[str, list[dict[str, Any]]] = {t: [] for t in context.data_types}
+    more = False
+    for data_type, call in finds:
+        result = results[call["id"]]
+        if not result["ok"]:
+            error = SEARCH_FAILED.format(data_type=data_type, error=result.get("error"))
+            return _fail_pass(state, error)
+        page = result.get("result")
+        items = page.get("items", []) if isinstance(page, dict) else []
+        existing[data_type].extend(i for i in items if isinstance(i, dict))
+        more = more or bool(isinstance(page, dict) and page.get("next_cursor"))
+    existing, left_out = _within(
+        existing, candidates_budget(context.max_prompt_tokens, context.data_types)
+    )
+    return {
+        "messages": Overwrite(
+            _conversation(state, context, pass_texts, existing, left_out or more)
+        ),
+        "scope": scope,
+        "turns": 0,
+        "failure": None,
+        "pass_failed": False,
+    }
+
+
+def _pass_texts(state: ProcessingState) -> list[PartText]:
+    texts = state.get("texts", [])
+    return [texts[i] for i in state["passes"][state.get("current", 0)]]
+
+
+def _within(
+    existing: dict[str, list[dict[str, Any]]], budget: int
+) -> tuple[dict[str, list[dict[str, Any]]], bool]:
+    """The candidates that fit `budget` tokens, and whether any were left out."""
+    kept: dict[str, list[dict[str, Any]]] = {t: [] for t in existing}
+    used = 0
+    left_out = False
+    for data_type, records in existing.items():
+        for record in records:
+            tokens = count_tokens(json.dumps(record, ensure_ascii=False, default=str))
+            if used + tokens > budget:
+                left_out = True
+                continue
+            kept[data_type].append(record)
+            used += tokens
+    return kept, left_out
+
+
+def _conversation(
+    state: ProcessingState,
+    context: AgentContext,
+    texts: list[PartText],
+    existing: dict[str, list[dict[str, Any]]],
+    incomplete: bool,
+) -> list[Any]:
+    chunk = state["chunk"]
     project_context = (
         prompts.STANDALONE_CONTEXT
-        if group["key"] == STANDALONE
-        else prompts.PROJECT_CONTEXT.format(project_id=group["key"])
+        if chunk["key"] == STANDALONE
+        else prompts.PROJECT_CONTEXT.format(project_id=chunk["key"])
     )
     system = prompts.PROCESSING_SYSTEM.format(
         data_types=", ".join(context.data_types),
         project_context=project_context,
         user_instructions=prompts.user_instructions(context.prompt_template),
     )
-    payload = {"kind": GROUP_KIND, "project_id": group["key"], "files": files, "existing": existing}
+    files = [_file_view(t) for t in texts]
+    payload: dict[str, Any] = {
+        "kind": GROUP_KIND,
+        "project_id": chunk["key"],
+        "files": files,
+        "existing": existing,
+    }
+    if incomplete:
+        payload["existing_incomplete"] = True
+    request = prompts.PROCESSING_REQUEST + (
+        " " + prompts.CANDIDATES_INCOMPLETE if incomplete else ""
+    )
+    return [SystemMessage(system), payload_message(request, payload)]
+
+
+def _file_view(text: PartText) -> dict[str, Any]:
+    """A part as the model reads it: which part of which file, its context, its lines."""
+    view: dict[str, Any] = {"path": text["path"], "root": text["root"]}
+    if text["parts"] > 1 or text["start"] > 0 or text["end"] < text["total"]:
+        view["part"] = prompts.PART_LABEL.format(
+            part=text["part"],
+            parts=text["parts"],
+            start=text["start"],
+            end=text["end"],
+            total=text["total"],
+        )
+    if text["context"]:
+        view["context_before"] = text["context"]
+    view["content"] = text["content"]
+    return view
+
+
+def _fail_pass(state: ProcessingState, error: str) -> dict[str, Any]:
+    """A pass that cannot run: its files are failed (retried next run), nothing is written."""
+    files = dict.fromkeys(t["path"] for t in _pass_texts(state))
     return {
-        "messages": [SystemMessage(system), payload_message(prompts.PROCESSING_REQUEST, payload)],
-        "scope": f"g{state['group_index']}",
-        "turns": 0,
-        "files_read": len(files),
-        "errors": errors,
+        "messages": Overwrite([]),
+        "failure": error,
+        "pass_failed": True,
+        "failed": [FileFailure(path=p, error=error) for p in files],
     }
 
 
-def _root_of(path: str, roots: list[str]) -> str:
-    matches = [r for r in roots if path == r or path.startswith(r.rstrip("/") + "/")]
-    return max(matches, key=len) if matches else posixpath.dirname(path)
-
-
-def _text(result: Any) -> str:
-    if isinstance(result, dict):
-        return str(result.get("content", ""))
-    return str(result or "")
-
-
-def route_gathered(state: ProcessingState) -> Literal["call_model", "record_outcome"]:
-    """A group whose files could not be read costs no model call."""
-    return "call_model" if state.get("files_read") else "record_outcome"
+def route_candidates(state: ProcessingState) -> Literal["call_model", "record_pass"]:
+    """A pass whose lookup failed creates nothing: it goes straight to its record."""
+    return "record_pass" if state.get("pass_failed") else "call_model"
 
 
 async def route_model_output(
     state: ProcessingState, runtime: Runtime[AgentContext]
-) -> Literal["execute_tools", "record_outcome"]:
-    """Tool calls within the budget go to the device; anything else ends the group."""
+) -> Literal["execute_tools", "record_pass"]:
+    """Tool calls within the budget go to the device; anything else ends the pass."""
+    if state.get("failure"):
+        return "record_pass"
     if wants_device(state, runtime.context.max_processing_steps):
         return "execute_tools"
-    return "record_outcome"
+    return "record_pass"
 
 
-def record_outcome(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """Count what the device created and updated, from the tool results themselves."""
+def record_pass(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Count what the pass created and updated, from the tool results; a pass with a failed
+    write, a model failure or an unfinished budget fails its files (retried next run)."""
+    messages = state.get("messages", [])
     names: dict[str, str] = {}
-    for message in state.get("messages", []):
+    for message in messages:
         if isinstance(message, AIMessage):
             names.update({c["id"] or "": c["name"] for c in message.tool_calls})
-    created: dict[str, int] = {}
-    updated: dict[str, int] = {}
-    refused = 0
-    errors = list(state.get("errors", []))
-    for message in state.get("messages", []):
+    tally = Tally(created={}, updated={}, matched=0, refused_calls=0, errors=[], summary="")
+    write_errors: list[str] = []
+    for message in messages:
         if not isinstance(message, ToolMessage):
             continue
         tool = DEVICE_TOOLS.get(names.get(message.tool_call_id, message.name or ""))
         if message.status == "error":
             if message.artifact is None:
-                refused += 1
-            else:
-                errors.append(f"{message.name}: {message.content}")
-        elif tool is not None and tool.data_type and tool.effect != "read":
-            counts = created if tool.effect == "create" else updated
-            counts[tool.data_type] = counts.get(tool.data_type, 0) + 1
-    last = state["messages"][-1] if state.get("messages") else None
-    budget = runtime.context.max_processing_steps
+                tally["refused_calls"] += 1
+            elif tool is not None and tool.effect != "read":
+                write_errors.append(WRITE_FAILED.format(tool=tool.name, error=message.text))
+            continue
+        if tool is None or tool.data_type is None or tool.effect == "read":
+            continue
+        if tool.effect == "create" and _is_existing(message):
+            tally["matched"] += 1
+            continue
+        counts = tally["created"] if tool.effect == "create" else tally["updated"]
+        counts[tool.data_type] = counts.get(tool.data_type, 0) + 1
+    errors = list(write_errors)
+    if failure := state.get("failure"):
+        errors.append(failure)
+    last = messages[-1] if messages else None
     if isinstance(last, AIMessage) and (last.tool_calls or last.invalid_tool_calls):
-        errors.append(BUDGET_USED.format(key=state["group"]["key"], steps=budget))
-    summary = last.text if isinstance(last, AIMessage) else ""
-    outcome = GroupOutcome(
-        key=state["group"]["key"],
-        files_read=state.get("files_read", 0),
+        errors.append(
+            BUDGET_USED.format(
+                index=state["chunk"]["index"], steps=runtime.context.max_processing_steps
+            )
+        )
+    tally["errors"] = errors
+    tally["summary"] = last.text if isinstance(last, AIMessage) else ""
+    update: dict[str, Any] = {"tallies": [tally], "current": state.get("current", 0) + 1}
+    if errors and not state.get("pass_failed"):
+        files = dict.fromkeys(t["path"] for t in _pass_texts(state))
+        update["failed"] = [FileFailure(path=p, error=errors[0]) for p in files]
+    return update
+
+
+def _is_existing(message: ToolMessage) -> bool:
+    try:
+        row = json.loads(message.text)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and row.get("existing") is True
+
+
+def route_pass(state: ProcessingState) -> Literal["find_candidates", "record_outcome"]:
+    """On to the next pass while there is one."""
+    return (
+        "find_candidates"
+        if state.get("current", 0) < len(state.get("passes", []))
+        else "record_outcome"
+    )
+
+
+def record_outcome(state: ProcessingState) -> dict[str, Any]:
+    """The chunk's outcome: per file whether it failed, and the passes' counts added up."""
+    chunk = state["chunk"]
+    created: dict[str, int] = {}
+    updated: dict[str, int] = {}
+    tallies = state.get("tallies", [])
+    for tally in tallies:
+        for counts, into in ((tally["created"], created), (tally["updated"], updated)):
+            for key, value in counts.items():
+                into[key] = into.get(key, 0) + value
+    failed = list({f["path"]: f for f in state.get("failed", [])}.values())
+    outcome = ChunkOutcome(
+        key=chunk["key"],
+        index=chunk["index"],
+        files=chunk_files(chunk),
+        failed=failed,
         created=created,
         updated=updated,
-        refused_calls=refused,
-        errors=errors,
-        summary=summary,
+        matched=sum(t["matched"] for t in tallies),
+        refused_calls=sum(t["refused_calls"] for t in tallies),
+        errors=_errors(tallies, failed),
+        summary=" ".join(t["summary"] for t in tallies if t["summary"]),
+        model_calls=state.get("model_calls", 0),
     )
+    get_stream_writer()({"event": "chunk_done", "data": _progress(outcome)})
     return {"outcomes": [outcome]}
+
+
+def _errors(tallies: list[Tally], failed: list[FileFailure]) -> list[str]:
+    """The passes' errors, then the files that failed for a reason of their own (a read)."""
+    errors = [e for t in tallies for e in t["errors"]]
+    seen = set(errors)
+    return errors + [f"{f['path']}: {f['error']}" for f in failed if f["error"] not in seen]
+
+
+def _progress(outcome: ChunkOutcome) -> dict[str, Any]:
+    return {
+        "chunk": outcome["index"],
+        "files": len(outcome["files"]),
+        "failed": len(outcome["failed"]),
+        "created": sum(outcome["created"].values()),
+        "updated": sum(outcome["updated"].values()),
+        "model_calls": outcome["model_calls"],
+    }

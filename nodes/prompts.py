@@ -12,6 +12,11 @@ Answer only by calling {tool_name}.
 TRIAGE_REQUEST = """\
 Existing projects and changed files (chunk {chunk} of {chunks}) follow as JSON."""
 
+TRIAGE_PROJECTS_LEFT_OUT = (
+    "{count} more projects exist that are not listed (those listed are the most like these "
+    'paths); use "standalone" when none of the listed ones fits.'
+)
+
 TRIAGE_RETRY = """\
 Your previous answer could not be used: {error}
 Answer again by calling {tool_name}, with every file of the manifest exactly once."""
@@ -37,7 +42,17 @@ STANDALONE_CONTEXT = (
     "These files belong to no existing project; use the top folder as a hint for projectId."
 )
 
-PROCESSING_REQUEST = "The files and the existing records follow as JSON."
+PROCESSING_REQUEST = """\
+The files and the existing records that match them follow as JSON. A file may come in parts:
+then `part` says which, and `context_before` repeats the end of the previous part, for
+reading only (extract nothing from it). Use find_records to look for other existing records
+before you create one."""
+
+CANDIDATES_INCOMPLETE = (
+    "Not every matching record could be listed: search with find_records before creating."
+)
+
+PART_LABEL = "part {part} of {parts} (characters {start}-{end} of {total})"
 
 PLAN_SYSTEM = """\
 You plan work for a freelancer's assistant that acts on their computer and their
@@ -72,6 +87,15 @@ done, or cannot be done, call {verdict_tool}."""
 FINAL_ANSWER = """\
 The step budget for this group is used up. Call no more tools: summarise what was created
 and updated, and what is left undone."""
+
+RESULT_LEFT_OUT = (
+    "[This result ({chars} characters) is left out to keep the request within the token "
+    "budget; call the tool again if you still need it.]"
+)
+
+TURNS_LEFT_OUT = """\
+Earlier turns of this conversation are left out to keep the request within the token
+budget. The calls you made in them (their results are stored): {calls}."""
 
 USER_INSTRUCTIONS = "\nInstructions from the user:\n{prompt_template}\n"
 

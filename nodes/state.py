@@ -29,16 +29,71 @@ class Group(TypedDict):
     files: list[str]
 
 
-class GroupOutcome(TypedDict):
-    """What processing one group did, counted from the tool results."""
+class Part(TypedDict):
+    """Part `part` of `parts` of one file, planned from its size: characters from `offset`."""
+
+    path: str
+    root: str
+    part: int
+    parts: int
+    offset: int
+    length: int
+
+
+class Chunk(TypedDict):
+    """Parts of one group's files that fit one model request; `index` is its number in the run."""
 
     key: str
-    files_read: int
+    index: int
+    parts: list[Part]
+
+
+class PartText(TypedDict):
+    """What the model reads of a part: the lines it owns and the context before them."""
+
+    path: str
+    root: str
+    part: int
+    parts: int
+    start: int  # characters [start, end) of `total`
+    end: int
+    total: int
+    context: str  # the end of the previous part, for reading only
+    content: str
+
+
+class FileFailure(TypedDict):
+    """A file that was not processed this run, and why; it is retried on the next run."""
+
+    path: str
+    error: str
+
+
+class Tally(TypedDict):
+    """What one pass over a chunk did, counted from the tool results."""
+
     created: dict[str, int]
     updated: dict[str, int]
+    matched: int  # creates the device answered with an existing record
     refused_calls: int
     errors: list[str]
     summary: str
+
+
+class ChunkOutcome(TypedDict):
+    """What processing one chunk did; a file counts as processed only with every part ok."""
+
+    key: str
+    index: int
+    files: list[str]
+    failed: list[FileFailure]
+    created: dict[str, int]
+    updated: dict[str, int]
+    matched: int
+    refused_calls: int
+    errors: list[str]
+    summary: str
+    model_calls: int
 
 
 class RunReport(TypedDict):
@@ -47,11 +102,13 @@ class RunReport(TypedDict):
     status: RunStatus
     files_scanned: int
     files_processed: int
+    chunks: int
     created: dict[str, int]
     updated: dict[str, int]
     errors: list[str]
+    failed_files: list[FileFailure]  # retried next run, changed or not
     watermark: str | None  # the "modified since" to use next time
-    groups: list[GroupOutcome]
+    outcomes: list[ChunkOutcome]
 
 
 # ── Structured answers ─────────────────────────────────────────────────────────
@@ -76,9 +133,19 @@ class TriageAnswer(BaseModel):
 
 
 class LocalAgentInput(TypedDict, total=False):
-    """What a caller passes: the watermark of the last successful run, if any."""
+    """What a caller passes: the watermark of the last successful run, and the files that
+    earlier runs could not process (retried whether or not they changed)."""
 
     modified_since: str | None
+    retry_files: list[str]
+
+
+class ScanPage(TypedDict):
+    """Where a paged listing stands: the call's arguments and the cursor of its next page."""
+
+    name: str
+    args: dict[str, Any]
+    cursor: str | None
 
 
 class TriageState(TypedDict, total=False):
@@ -86,17 +153,22 @@ class TriageState(TypedDict, total=False):
 
     run_key: str
     modified_since: str | None
+    retry_files: list[str]
+    scan_round: int
+    pending_pages: list[ScanPage]
     manifest: list[FileEntry]
     projects: list[dict[str, Any]]
     groups: list[Group]
     triage_error: str | None
+    notices: list[str]  # work cut or left for later, said so in the report
 
 
 class LocalAgentState(TriageState, total=False):
-    """The whole run: triage results, one outcome per processed group, the report."""
+    """The whole run: triage results, the chunks, one outcome per chunk, the report."""
 
     started_at: str
-    outcomes: Annotated[list[GroupOutcome], operator.add]
+    chunks: list[Chunk]
+    outcomes: Annotated[list[ChunkOutcome], operator.add]
     report: RunReport
 
 
@@ -107,29 +179,33 @@ class LocalAgentOutput(TypedDict):
 
 
 class ProcessingInput(TypedDict):
-    """One group, sent by the local agent with `Send`."""
+    """One chunk, sent by the local agent with `Send`."""
 
     run_key: str
-    group_index: int
-    group: Group
-    projects: list[dict[str, Any]]
+    chunk: Chunk
 
 
 class ProcessingState(ProcessingInput, total=False):
-    """The tool loop over one group."""
+    """The reads of one chunk, then a tool loop per pass over the texts that fit."""
 
+    texts: list[PartText]
+    passes: list[list[int]]
+    current: int  # the pass under way
+    failed: Annotated[list[FileFailure], operator.add]
+    pass_failed: bool
     scope: str
     messages: Annotated[list[AnyMessage], add_messages]
     turns: int
-    files_read: int
-    errors: Annotated[list[str], operator.add]
-    outcomes: Annotated[list[GroupOutcome], operator.add]
+    model_calls: Annotated[int, operator.add]
+    failure: str | None
+    tallies: Annotated[list[Tally], operator.add]
+    outcomes: Annotated[list[ChunkOutcome], operator.add]
 
 
 class ProcessingOutput(TypedDict):
-    """Only the outcome flows back, so parallel groups never write the same key."""
+    """Only the outcome flows back, so parallel chunks never write the same key."""
 
-    outcomes: Annotated[list[GroupOutcome], operator.add]
+    outcomes: Annotated[list[ChunkOutcome], operator.add]
 
 
 # ── Agentic loop ──────────────────────────────────────────────────────────────
@@ -202,6 +278,7 @@ class AgenticState(AgenticInput, total=False):
     scope: str
     messages: Annotated[list[AnyMessage], add_messages]
     turns: int
+    model_calls: Annotated[int, operator.add]
     failure: str | None
     outcome: LoopOutcome
 

@@ -4,26 +4,42 @@
 
 State keys it uses: `run_key` and `scope` (the prefix of its device call ids), `messages`,
 `turns`. The budget counts model turns; past it the model is asked for a final answer with
-no tools bound.
+no tools bound. Every request fits the context's `max_prompt_tokens`: a conversation that
+would outgrow it is sent with its older tool results, then its older turns, left out and
+said so (`fit_request`); one that cannot be made to fit is the loop's `failure`.
 """
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, ToolCall
+from langchain_core.messages import (
+    AIMessage,
+    AnyMessage,
+    BaseMessage,
+    HumanMessage,
+    ToolCall,
+    ToolMessage,
+)
 from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime
 from pydantic import BaseModel
 from typing_extensions import TypedDict
 
+from llm.tokens import count_message, count_request
 from nodes import prompts
 from nodes.bridge import PreparedCalls, ask_device, prepare_calls, tool_messages
 from nodes.context import AgentContext, AgentNode
 from tools.catalog import tools_for_data_types
 
 INVALID_JSON = "The arguments of {name} are not valid JSON: {error}"
+OVER_BUDGET = (
+    "The conversation no longer fits the prompt budget of {budget} tokens "
+    "({tokens} after leaving out what could be); its files are retried on the next run."
+)
 
 Budget = Callable[[AgentContext], int]
 
@@ -35,6 +51,7 @@ class ToolLoopState(TypedDict, total=False):
     scope: str
     messages: Annotated[list[AnyMessage], add_messages]
     turns: int
+    model_calls: Annotated[int, operator.add]
     failure: str | None
 
 
@@ -48,30 +65,90 @@ def call_model_node(
     """The model node of a tool loop. `finish_tools` are schemas the model calls to end the
     loop with a structured answer; they are never sent to a device. A `recoverable`
     exception from the model is recorded as the loop's `failure` instead of failing the run."""
-    bound: dict[tuple[str, ...], Runnable[LanguageModelInput, BaseMessage]] = {}
+    bound: dict[tuple[str, ...], tuple[Runnable[LanguageModelInput, BaseMessage], list[Any]]] = {}
 
-    def with_tools(data_types: list[str]) -> Runnable[LanguageModelInput, BaseMessage]:
+    def with_tools(
+        data_types: list[str],
+    ) -> tuple[Runnable[LanguageModelInput, BaseMessage], list[Any]]:
         key = tuple(data_types)
         if key not in bound:
-            specs = [t.openai_spec for t in tools_for_data_types(key)]
-            bound[key] = model.bind_tools([*specs, *finish_tools])
+            specs: list[Any] = [t.openai_spec for t in tools_for_data_types(key)]
+            specs += [convert_to_openai_tool(t) for t in finish_tools]
+            bound[key] = (model.bind_tools(specs), specs)
         return bound[key]
 
     async def call_model(state: ToolLoopState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         """One model turn: tool calls for the device, or the final answer."""
         turns = state.get("turns", 0)
-        messages = state.get("messages", [])
-        response: BaseMessage
+        messages: list[BaseMessage] = list(state.get("messages", []))
+        budget_tokens = runtime.context.max_prompt_tokens
+        runnable: Runnable[LanguageModelInput, BaseMessage]
+        specs: list[Any]
+        if turns >= budget(runtime.context):
+            runnable, specs = model, []
+            messages.append(HumanMessage(prompts.FINAL_ANSWER))
+        else:
+            runnable, specs = with_tools(runtime.context.data_types)
+        request = fit_request(messages, specs, budget_tokens)
+        if request is None:
+            tokens = count_request(messages, specs)
+            failure = OVER_BUDGET.format(budget=budget_tokens, tokens=tokens)
+            return {"failure": failure, "turns": turns + 1}
         try:
-            if turns >= budget(runtime.context):
-                response = await model.ainvoke([*messages, HumanMessage(prompts.FINAL_ANSWER)])
-            else:
-                response = await with_tools(runtime.context.data_types).ainvoke(messages)
+            response = await runnable.ainvoke(request)
         except recoverable as exc:
-            return {"failure": f"{type(exc).__name__}: {exc}", "turns": turns + 1}
-        return {"messages": [response], "turns": turns + 1}
+            return {"failure": f"{type(exc).__name__}: {exc}", "turns": turns + 1, **_calls(1)}
+        return {"messages": [response], "turns": turns + 1, **_calls(1)}
 
     return call_model
+
+
+def _calls(count: int) -> dict[str, int]:
+    """The model-call counter, for the states that keep one."""
+    return {"model_calls": count}
+
+
+def fit_request(
+    messages: list[BaseMessage], tools: list[Any], budget: int
+) -> list[BaseMessage] | None:
+    """`messages` as a request within `budget` tokens, or None when they cannot fit.
+
+    First the results of earlier turns are left out (oldest first, each replaced by a line
+    that says so), then whole earlier turns (replaced by a list of the calls they made);
+    the opening messages and the last turn are always sent."""
+    tool_tokens = count_request([], tools)
+    sizes = [count_message(m) for m in messages]
+    if tool_tokens + sum(sizes) <= budget:
+        return messages
+    request = list(messages)
+    turn_starts = [i for i, m in enumerate(request) if isinstance(m, AIMessage)]
+    if not turn_starts:
+        return None
+    last_turn_start = turn_starts[-1]
+    for index in range(turn_starts[0], last_turn_start):
+        message = request[index]
+        if isinstance(message, ToolMessage) and tool_tokens + sum(sizes) > budget:
+            stub = message.model_copy(
+                update={"content": prompts.RESULT_LEFT_OUT.format(chars=len(message.text))}
+            )
+            request[index] = stub
+            sizes[index] = count_message(stub)
+    if tool_tokens + sum(sizes) <= budget:
+        return request
+    dropped = request[turn_starts[0] : last_turn_start]
+    done = [c["name"] for m in dropped if isinstance(m, AIMessage) for c in m.tool_calls]
+    note = HumanMessage(prompts.TURNS_LEFT_OUT.format(calls=_call_counts(done)))
+    request = [*request[: turn_starts[0]], note, *request[last_turn_start:]]
+    if count_request(request, tools) <= budget:
+        return request
+    return None
+
+
+def _call_counts(names: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{n} x {name}" for name, n in sorted(counts.items())) or "none"
 
 
 def last_turn(state: Mapping[str, Any]) -> AIMessage:

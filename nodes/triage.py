@@ -1,25 +1,31 @@
 """Triage nodes: one batched scan through the bridge, then the model groups the manifest."""
 
+import asyncio
 import json
 import posixpath
-from collections.abc import Sequence
+import re
+from collections.abc import Awaitable, Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
+from llm.errors import REFUSED_REQUEST
+from llm.tokens import count_request, count_tokens
 from nodes import prompts
 from nodes.bridge import DeviceCall, ask_device, call_id, device_tool
 from nodes.context import AgentContext, AgentNode
 from nodes.payloads import TRIAGE_KIND, payload_message
-from nodes.state import STANDALONE, FileEntry, Group, TriageAnswer, TriageState
-from tools.policy import PolicyViolation, normalize_extension
+from nodes.state import STANDALONE, FileEntry, Group, ScanPage, TriageAnswer, TriageState
+from tools.policy import PathPolicy, PolicyViolation, normalize_extension
+from tools.schemas import MAX_LIST_PAGE
 
 TRIAGE_ATTEMPTS = 3
 NO_DIRECTORIES = "The agent has no directories configured."
@@ -29,6 +35,21 @@ TRIAGE_FAILED = "The model gave no valid grouping of the files after {attempts} 
 UNKNOWN_FILES = "the answer names files that are not in the manifest: {paths}"
 UNKNOWN_PROJECTS = "the answer names projects that do not exist: {ids}"
 NO_ANSWER = "the answer did not call {tool}"
+TOO_MANY_PAGES = "The device's listings did not end after {rounds} pages."
+STUCK_CURSOR = "The device gave {name} the same cursor twice."
+RETRIES_LEFT = "{count} files to retry are left for the next run (at most 1,000 a run)."
+#: Files from earlier runs retried in one run; the rest wait for the next.
+RETRY_LIMIT = 1_000
+MAX_SCAN_ROUNDS = 1_000
+
+
+#: Of what a triage request may hold after its prompt: the files, and the projects.
+FILES_SHARE = 0.6
+PROJECTS_SHARE = 0.3
+ENTRY_OVERHEAD = 12  # the JSON keys and quotes around one manifest entry
+TRIAGE_CONCURRENCY = 4
+TRIAGE_TOOL_SPEC = convert_to_openai_tool(TriageAnswer)
+T = TypeVar("T")
 
 
 class InvalidTriage(ValueError):
@@ -44,53 +65,135 @@ def run_key_of(state: TriageState) -> str:
 
 
 def scan_device(state: TriageState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """Scan every configured folder and list the existing projects, in one device round trip."""
+    """One round of the paged scan, in one device round trip: the first page of every
+    folder and of the projects (with the metadata of the files to retry), then the next
+    page of each listing that has more, until none has."""
     context = runtime.context
     if not context.directory_paths:
         return {"triage_error": NO_DIRECTORIES, "manifest": [], "projects": []}
     run_key = run_key_of(state)
     policy = context.policy()
-    scans: list[DeviceCall] = []
-    for index, path in enumerate(context.directory_paths):
+    round_number = state.get("scan_round", 0)
+    retry: list[str] = []
+    if round_number == 0:
+        try:
+            pages = _first_pages(context, state.get("modified_since"), policy)
+        except PolicyViolation as exc:
+            return {"triage_error": str(exc), "manifest": [], "projects": []}
+        retry = [p for p in state.get("retry_files") or [] if policy.inside(p)][:RETRY_LIMIT]
+    else:
+        pages = state.get("pending_pages", [])
+    if round_number >= MAX_SCAN_ROUNDS:
+        return {"triage_error": TOO_MANY_PAGES.format(rounds=round_number), "groups": []}
+    calls = [
+        DeviceCall(
+            id=call_id(run_key, "triage", f"r{round_number}.{index}"),
+            name=page["name"],
+            args={**page["args"], **({"cursor": page["cursor"]} if page["cursor"] else {})},
+        )
+        for index, page in enumerate(pages)
+    ]
+    metadata = [
+        DeviceCall(
+            id=call_id(run_key, "triage", f"retry{index}"),
+            name="get_file_metadata",
+            args={"path": path},
+        )
+        for index, path in enumerate(retry)
+    ]
+
+    results = ask_device([*calls, *metadata])
+
+    manifest = list(state.get("manifest", [])) if round_number else []
+    projects = list(state.get("projects", [])) if round_number else []
+    pending: list[ScanPage] = []
+    for page, call in zip(pages, calls, strict=True):
+        result = results[call["id"]]
+        if not result["ok"]:
+            if page["name"] == "scan_directory":
+                error = SCAN_FAILED.format(path=page["args"]["path"], error=result.get("error"))
+            else:
+                error = PROJECTS_FAILED.format(error=result.get("error"))
+            return {"triage_error": error, "manifest": manifest, "projects": projects}
+        items, next_cursor = _page(
+            result.get("result"), "files" if page["name"] == "scan_directory" else "items"
+        )
+        if page["name"] == "scan_directory":
+            manifest.extend(_manifest_entries(page["args"]["path"], items, policy))
+        else:
+            projects.extend(p for p in items if isinstance(p, dict) and "id" in p)
+        if next_cursor is not None:
+            if next_cursor == page["cursor"]:
+                return {"triage_error": STUCK_CURSOR.format(name=page["name"]), "groups": []}
+            pending.append(ScanPage(name=page["name"], args=page["args"], cursor=next_cursor))
+    notices = list(state.get("notices", [])) if round_number else []
+    if len(state.get("retry_files") or []) > RETRY_LIMIT and round_number == 0:
+        notices.append(RETRIES_LEFT.format(count=len(state.get("retry_files") or []) - RETRY_LIMIT))
+    known = {e["path"] for e in manifest}
+    for call in metadata:
+        result = results[call["id"]]
+        path = posixpath.normpath(call["args"]["path"])
+        body = result.get("result")
+        if result["ok"] and isinstance(body, dict) and path not in known:
+            manifest.append(
+                FileEntry(
+                    path=path,
+                    root=_root_of(path, context.directory_paths),
+                    size=int(body.get("size") or 0),
+                    modified=str(body.get("modified") or ""),
+                )
+            )
+            known.add(path)
+    return {
+        "manifest": _unique(manifest),
+        "projects": projects,
+        "pending_pages": pending,
+        "scan_round": round_number + 1,
+        "triage_error": None,
+        "notices": notices,
+        "run_key": run_key,
+    }
+
+
+def _first_pages(
+    context: AgentContext, modified_since: str | None, policy: PathPolicy
+) -> list[ScanPage]:
+    pages = []
+    for path in context.directory_paths:
         args = device_tool("scan_directory").validate(
             {
                 "path": path,
                 "extensions": [normalize_extension(e) for e in context.file_extensions],
-                "modified_since": state.get("modified_since"),
+                "modified_since": modified_since,
             }
         )
-        try:
-            policy.check(device_tool("scan_directory"), args)
-        except PolicyViolation as exc:
-            return {"triage_error": str(exc), "manifest": [], "projects": []}
-        scans.append(
-            DeviceCall(
-                id=call_id(run_key, "triage", f"scan{index}"), name="scan_directory", args=args
-            )
-        )
-    projects_call = DeviceCall(
-        id=call_id(run_key, "triage", "projects"), name="list_all_projects", args={}
-    )
-
-    results = ask_device([*scans, projects_call])
-
-    manifest: list[FileEntry] = []
-    for scan in scans:
-        result = results[scan["id"]]
-        if not result["ok"]:
-            error = SCAN_FAILED.format(path=scan["args"]["path"], error=result.get("error"))
-            return {"triage_error": error, "manifest": [], "projects": []}
-        manifest.extend(_manifest_entries(scan["args"]["path"], result.get("result"), policy))
-    listed = results[projects_call["id"]]
-    if not listed["ok"]:
-        error = PROJECTS_FAILED.format(error=listed.get("error"))
-        return {"triage_error": error, "manifest": manifest, "projects": []}
-    projects = [p for p in listed.get("result") or [] if isinstance(p, dict) and "id" in p]
-    return {"manifest": manifest, "projects": projects, "triage_error": None, "run_key": run_key}
+        policy.check(device_tool("scan_directory"), args)
+        pages.append(ScanPage(name="scan_directory", args=args, cursor=None))
+    pages.append(ScanPage(name="list_all_projects", args={"limit": MAX_LIST_PAGE}, cursor=None))
+    return pages
 
 
-def _manifest_entries(root: str, result: Any, policy: Any) -> list[FileEntry]:
-    files = result.get("files", []) if isinstance(result, dict) else []
+def _page(result: Any, key: str) -> tuple[list[Any], str | None]:
+    """A page's items and the cursor of the next page (a bare list is one whole page)."""
+    if isinstance(result, list):
+        return result, None
+    if not isinstance(result, dict):
+        return [], None
+    items = result.get(key)
+    cursor = result.get("next_cursor")
+    return (items if isinstance(items, list) else []), (cursor if isinstance(cursor, str) else None)
+
+
+def _unique(manifest: list[FileEntry]) -> list[FileEntry]:
+    return list({e["path"]: e for e in manifest}.values())
+
+
+def _root_of(path: str, roots: list[str]) -> str:
+    matches = [r for r in roots if path == r or path.startswith(r.rstrip("/") + "/")]
+    return max(matches, key=len) if matches else posixpath.dirname(path)
+
+
+def _manifest_entries(root: str, files: list[Any], policy: PathPolicy) -> list[FileEntry]:
     entries = []
     for item in files:
         if not isinstance(item, dict) or not isinstance(item.get("path"), str):
@@ -108,11 +211,14 @@ def _manifest_entries(root: str, result: Any, policy: Any) -> list[FileEntry]:
     return entries
 
 
-def route_manifest(state: TriageState) -> Literal["group_files", "__end__"]:
-    """Group only when the scan found files; an empty manifest costs no model call."""
-    if state.get("triage_error") or not state.get("manifest"):
+def route_manifest(state: TriageState) -> Literal["scan_device", "group_files", "__end__"]:
+    """Scan on while a listing has pages left; group only when the scan found files (an
+    empty manifest costs no model call)."""
+    if state.get("triage_error"):
         return "__end__"
-    return "group_files"
+    if state.get("pending_pages"):
+        return "scan_device"
+    return "group_files" if state.get("manifest") else "__end__"
 
 
 def group_files_node(
@@ -122,7 +228,8 @@ def group_files_node(
     structured = model.with_structured_output(TriageAnswer, method="function_calling")
 
     async def group_files(state: TriageState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-        """Group the manifest into existing projects or `standalone`, chunk by chunk."""
+        """Group the manifest into existing projects or `standalone`, chunk by chunk; every
+        chunk's request (files and the projects most like them) fits the prompt budget."""
         context = runtime.context
         manifest = state.get("manifest", [])
         projects = state.get("projects", [])
@@ -133,34 +240,93 @@ def group_files_node(
                 user_instructions=prompts.user_instructions(context.prompt_template),
             )
         )
-        size = max(1, context.triage_chunk_size)
-        chunks = [manifest[i : i + size] for i in range(0, len(manifest), size)]
-        grouped: dict[str, list[str]] = {}
+        room = context.max_prompt_tokens - count_request([system], [TRIAGE_TOOL_SPEC]) - 200
+        chunks = _manifest_chunks(manifest, context.triage_chunk_size, int(room * FILES_SHARE))
+        inputs = []
         for number, chunk in enumerate(chunks, start=1):
-            payload = {
+            shown, hidden = _projects_for(chunk, projects, int(room * PROJECTS_SHARE))
+            payload: dict[str, Any] = {
                 "kind": TRIAGE_KIND,
-                "projects": [{"id": p["id"], "name": p.get("name", "")} for p in projects],
+                "projects": shown,
                 "files": [{"path": e["path"], "root": e["root"]} for e in chunk],
             }
-            request = payload_message(
-                prompts.TRIAGE_REQUEST.format(chunk=number, chunks=len(chunks)), payload
-            )
-            checked = _with_feedback(
+            text = prompts.TRIAGE_REQUEST.format(chunk=number, chunks=len(chunks))
+            if hidden:
+                text += " " + prompts.TRIAGE_PROJECTS_LEFT_OUT.format(count=hidden)
+            inputs.append({"messages": [system, payload_message(text, payload)]})
+        checked = [
+            _with_feedback(
                 structured | RunnableLambda(partial(_checked, chunk=chunk, project_ids=project_ids))
             )
-            try:
-                answer: dict[str, list[str]] = await checked.ainvoke(
-                    {"messages": [system, request]}
-                )
-            except INVALID_ANSWER as exc:
-                error = TRIAGE_FAILED.format(attempts=TRIAGE_ATTEMPTS, error=_short(exc))
+            for chunk in chunks
+        ]
+        limit = asyncio.Semaphore(TRIAGE_CONCURRENCY)
+        answers = await asyncio.gather(
+            *(
+                _bounded(limit, step.ainvoke(item))
+                for step, item in zip(checked, inputs, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        grouped: dict[str, list[str]] = {}
+        for answer in answers:
+            if isinstance(answer, INVALID_ANSWER + REFUSED_REQUEST):
+                assert isinstance(answer, Exception)
+                error = TRIAGE_FAILED.format(attempts=TRIAGE_ATTEMPTS, error=_short(answer))
                 return {"triage_error": error, "groups": []}
+            if isinstance(answer, BaseException):
+                raise answer
             for key, paths in answer.items():
                 grouped.setdefault(key, []).extend(paths)
         groups = [Group(key=key, files=paths) for key, paths in grouped.items() if paths]
         return {"groups": groups}
 
     return group_files
+
+
+async def _bounded(limit: asyncio.Semaphore, work: Awaitable[T]) -> T:
+    async with limit:
+        return await work
+
+
+def _manifest_chunks(
+    manifest: Sequence[FileEntry], max_entries: int, budget: int
+) -> list[list[FileEntry]]:
+    """The manifest in path order, cut into chunks of at most `max_entries` files whose
+    entries fit `budget` tokens."""
+    chunks: list[list[FileEntry]] = []
+    used = 0
+    for entry in sorted(manifest, key=lambda e: e["path"]):
+        tokens = count_tokens(entry["path"]) + count_tokens(entry["root"]) + ENTRY_OVERHEAD
+        if not chunks or len(chunks[-1]) >= max(1, max_entries) or used + tokens > budget:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(entry)
+        used += tokens
+    return chunks
+
+
+def _projects_for(
+    chunk: Sequence[FileEntry], projects: Sequence[dict[str, Any]], budget: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The projects to show beside a chunk, within `budget` tokens: those whose names share
+    words with the chunk's paths first; and how many were left out."""
+    words = {w for e in chunk for w in _words(posixpath.relpath(e["path"], e["root"]))}
+    ranked = sorted(projects, key=lambda p: -len(_words(str(p.get("name", ""))) & words))
+    shown: list[dict[str, Any]] = []
+    used = 0
+    for project in ranked:
+        view = {"id": project["id"], "name": project.get("name", "")}
+        tokens = count_tokens(json.dumps(view, ensure_ascii=False)) + 2
+        if used + tokens > budget:
+            break
+        shown.append(view)
+        used += tokens
+    return shown, len(projects) - len(shown)
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.split(r"[^\w]+", text.casefold()) if len(w) > 2}
 
 
 def _with_feedback(

@@ -49,6 +49,7 @@ async def run_local_agent(
     model: BaseChatModel,
     device: runner.Device,
     on_update: runner.Update | None = None,
+    on_progress: runner.Progress | None = None,
 ) -> LocalRun:
     """Run (or resume) the local agent for `context` and record its outcome."""
     key = agent_key(context)
@@ -57,24 +58,32 @@ async def run_local_agent(
         thread_id = await store.unfinished_run(key)
         if thread_id is not None:
             values = await runner.resume(
-                graph, thread_id=thread_id, context=context, device=device, on_update=on_update
+                graph,
+                thread_id=thread_id,
+                context=context,
+                device=device,
+                on_update=on_update,
+                on_progress=on_progress,
             )
             resumed = True
         else:
             thread_id = str(uuid.uuid4())
             since = await store.watermark(key)
+            retry = await store.retry_files(key)
             await store.start_run(thread_id, key)
             values = await runner.start(
                 graph,
                 thread_id=thread_id,
-                graph_input={"modified_since": since},
+                graph_input={"modified_since": since, "retry_files": retry},
                 context=context,
                 device=device,
                 on_update=on_update,
+                on_progress=on_progress,
             )
             resumed = False
         report = cast(RunReport, values["report"])
-        await store.finish_run(thread_id, key, cast(dict[str, Any], report))
+        retried = cast(list[str], values.get("retry_files") or [])
+        await store.finish_run(thread_id, key, cast(dict[str, Any], report), retried)
     return LocalRun(thread_id=thread_id, resumed=resumed, report=report)
 
 

@@ -138,7 +138,7 @@ async def test_device_calls_of_one_model_turn_go_out_as_one_interrupt(
     assert values["report"]["status"] == "success"
     sizes = [[c["name"] for c in batch] for batch in recorder.batches]
     assert sizes[-1] == ["create_task", "create_task", "create_note"]
-    assert len(recorder.batches) == 3  # triage, gather, the one model turn
+    assert len(recorder.batches) == 4  # triage, the reads, the lookups, the one model turn
 
 
 async def test_refused_calls_never_reach_the_device(workspace: Path, device: LocalDevice) -> None:
@@ -161,7 +161,7 @@ async def test_refused_calls_never_reach_the_device(workspace: Path, device: Loc
     async with agent_graph("memory", model) as graph:
         values = await run_agent(graph, context_for(workspace), recorder)
 
-    assert len(recorder.batches) == 2, "the refused turn made no device round trip"
+    assert len(recorder.batches) == 3, "the refused turn made no device round trip"
     results = tool_results(model.calls[-1][0])
     assert [r["status"] for r in results] == ["error"] * 5
     assert "Unknown tool 'delete_everything'" in results[0]["content"]
@@ -171,7 +171,7 @@ async def test_refused_calls_never_reach_the_device(workspace: Path, device: Loc
     assert "allowed extensions" in results[4]["content"]
     report = values["report"]
     assert report["status"] == "success"  # refusals are the model's to recover from
-    assert report["groups"][0]["refused_calls"] == 5
+    assert report["outcomes"][0]["refused_calls"] == 5
 
 
 async def test_device_failures_come_back_as_error_messages_and_make_the_run_partial(
@@ -199,6 +199,11 @@ async def test_device_failures_come_back_as_error_messages_and_make_the_run_part
     assert report["created"] == {"tasks": 1} and report["updated"] == {}
     assert any("does not exist" in e for e in report["errors"])
     assert report["watermark"] is not None, "a partial run still moves the watermark"
+    # the files of the chunk whose write failed are not counted as processed: they are
+    # retried next run (the triage left the others standalone, so all share one chunk)
+    assert report["files_processed"] == 0
+    failed = {f["path"] for f in report["failed_files"]}
+    assert str(workspace / "inbox.md") in failed and len(failed) == report["files_scanned"]
 
 
 async def test_step_budget_ends_with_a_final_answer_without_tools(
@@ -218,7 +223,7 @@ async def test_step_budget_ends_with_a_final_answer_without_tools(
 
     bound = [names for _, names in model.calls[1:]]
     assert [bool(n) for n in bound] == [True, True, False]
-    outcome = values["report"]["groups"][0]
+    outcome = values["report"]["outcomes"][0]
     assert outcome["summary"] == "Out of steps; the rest is undone."
 
 

@@ -123,7 +123,7 @@ async def test_faults_are_absorbed_and_the_run_succeeds(
         values = [row[key] for row in device.rows(table)]
         assert [v for v, n in Counter(values).items() if n > 1] == [], table
     # The refused call is counted as refused, not as a device error.
-    (group,) = report["groups"]
+    (group,) = report["outcomes"]
     assert group["refused_calls"] == 1
     assert group["errors"] == []
 
@@ -188,7 +188,7 @@ async def test_triage_invalid_on_every_attempt_ends_in_error(
     assert "not in the manifest" in error
     assert server.pending_faults() == []
     assert server.calls == len(triage_requests(server)) == TRIAGE_ATTEMPTS  # no processing
-    assert report["groups"] == []
+    assert report["outcomes"] == []
     assert report["created"] == {}
     assert device.count_rows() == dict.fromkeys(SAMPLE_ROWS, 0)
     assert device.rows("device_calls") != []  # the scan did reach the device

@@ -41,15 +41,18 @@ CONTEXT = {
     "prompt_template": "Be terse.",
     "device_id": "laptop",
 }
-LOCAL_AGENT_NODES = {"begin", "triage", "processing", "finalize"}
+LOCAL_AGENT_NODES = {"begin", "triage", "plan", "processing", "finalize"}
 LOCAL_AGENT_XRAY_NODES = {
     "begin",
+    "plan",
     "finalize",
     "triage:scan_device",
     "triage:group_files",
-    "processing:gather",
+    "processing:read_parts",
+    "processing:find_candidates",
     "processing:call_model",
     "processing:execute_tools",
+    "processing:record_pass",
     "processing:record_outcome",
 }
 RACE_TRIALS, RACE_REQUESTS = 10, 8

@@ -269,7 +269,7 @@ async def finish(
     assert report["created"] == EXPECTED_ROWS, context
     # Every read reached the run too (a lost result would count as a file not read).
     assert report["files_processed"] == report["files_scanned"] > 0, context
-    assert all(g["refused_calls"] == 0 for g in report["groups"]), context
+    assert all(g["refused_calls"] == 0 for g in report["outcomes"]), context
 
     run = await client.runs.get(thread_id, run_id)
     assert run["run_id"] == run_id

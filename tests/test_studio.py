@@ -50,9 +50,16 @@ DROPPED_ENV_PREFIXES = ("OPENAI_", "LANGSMITH_", "LANGCHAIN_", "LANGGRAPH_")
 DROPPED_ENV = ("RELAYGRAPH_MODEL", "LANGGRAPH_CLOUD_LICENSE_KEY")
 
 GRAPH_NODES = {
-    "local_agent": {"begin", "triage", "processing", "finalize"},
+    "local_agent": {"begin", "triage", "plan", "processing", "finalize"},
     "triage": {"scan_device", "group_files"},
-    "processing": {"gather", "call_model", "execute_tools", "record_outcome"},
+    "processing": {
+        "read_parts",
+        "find_candidates",
+        "call_model",
+        "execute_tools",
+        "record_pass",
+        "record_outcome",
+    },
     "agentic_loop": {
         "plan",
         "start_step",
@@ -75,12 +82,15 @@ AGENTIC_CONDITIONAL_EDGES = {
 }
 LOCAL_AGENT_XRAY_NODES = {
     "begin",
+    "plan",
     "finalize",
     "triage:scan_device",
     "triage:group_files",
-    "processing:gather",
+    "processing:read_parts",
+    "processing:find_candidates",
     "processing:call_model",
     "processing:execute_tools",
+    "processing:record_pass",
     "processing:record_outcome",
 }
 
@@ -319,7 +329,7 @@ async def test_local_agent_runs_against_a_device(
 
     await answer(client, thread_id, "local_agent", scan, device, context)
 
-    # Second stop: processing reads the files the scan found.
+    # Second stop: processing reads the files the scan found (one chunk: small files).
     gather = await pending_device_requests(client, thread_id)
     assert gather
     reads = [c for c in calls_of(gather) if c["name"] == "read_file_content"]

@@ -17,6 +17,10 @@ DATA_TYPES: tuple[DataType, ...] = ("tasks", "projects", "notes", "timelines")
 COMMENT_AUTHOR = "Adiuva"
 #: Flags every agent-created entity carries until the user approves it.
 AI_SUGGESTED_FLAGS: Mapping[str, int] = {"isAiSuggested": 1, "isApproved": 0}
+#: Server-owned on every create: a record of the same type, project and title (a project:
+#: name), ignoring case, is returned with `"existing": true` instead of made again, so two
+#: chunks processed at once never create the same record twice.
+ON_DUPLICATE: Mapping[str, str] = {"onDuplicate": "return_existing"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class DeviceTool:
         checked = self.validate(args)
         if self.effect == "create":
             checked.update(AI_SUGGESTED_FLAGS)
+            checked.update(ON_DUPLICATE)
         if self.name == "add_task_comment":
             checked["author"] = comment_author
         return checked
@@ -82,6 +87,9 @@ FILE_SYSTEM_TOOLS: tuple[DeviceTool, ...] = (
     _tool("scan_directory", s.ScanDirectory, "read", path_kind="folder"),
 )
 
+#: The record search every data type enables (update-first without listing everything).
+FIND_RECORDS = _tool("find_records", s.FindRecords, "read")
+
 ENTITY_TOOLS: tuple[DeviceTool, ...] = (
     _tool("list_projects", s.ListProjects, "read", "projects"),
     _tool("list_all_projects", s.ListAllProjects, "read", "projects"),
@@ -101,14 +109,8 @@ ENTITY_TOOLS: tuple[DeviceTool, ...] = (
     _tool("update_timeline", s.UpdateTimeline, "update", "timelines"),
 )
 
-DEVICE_TOOLS: Mapping[str, DeviceTool] = {t.name: t for t in FILE_SYSTEM_TOOLS + ENTITY_TOOLS}
-
-#: The "list everything of this type" tool the processing step calls before the model runs.
-LIST_TOOL_BY_DATA_TYPE: Mapping[DataType, str] = {
-    "projects": "list_all_projects",
-    "tasks": "list_tasks",
-    "notes": "list_notes",
-    "timelines": "list_timelines",
+DEVICE_TOOLS: Mapping[str, DeviceTool] = {
+    t.name: t for t in (*FILE_SYSTEM_TOOLS, FIND_RECORDS, *ENTITY_TOOLS)
 }
 
 
@@ -122,4 +124,5 @@ def tools_for_data_types(data_types: Iterable[str]) -> list[DeviceTool]:
     if unknown:
         raise ValueError(f"unknown data types: {', '.join(sorted(unknown))}")
     readers = [t for t in FILE_SYSTEM_TOOLS if t.name != "scan_directory"]
-    return readers + [t for t in ENTITY_TOOLS if t.data_type in wanted]
+    search = [FIND_RECORDS] if wanted else []
+    return readers + search + [t for t in ENTITY_TOOLS if t.data_type in wanted]

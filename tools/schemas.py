@@ -10,17 +10,33 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 TaskState = Literal["ToDo", "In Progress", "Completed"]
+RecordType = Literal["tasks", "notes", "timelines", "projects"]
+
+#: Page sizes: no device result nears the protocol's frame limit (4 MiB), at any data size.
+SCAN_PAGE = 2_000
+LIST_PAGE = 100
+MAX_LIST_PAGE = 500
+MAX_FIND_PAGE = 200
 
 
 class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _Paged(_Args):
+    """A page of a listing: pass the previous result's `next_cursor` to get the next one."""
+
+    cursor: str | None = Field(
+        default=None, description="The `next_cursor` of the previous page; omit for the first."
+    )
+    limit: int = Field(default=LIST_PAGE, ge=1, le=MAX_LIST_PAGE, description="Items per page.")
+
+
 # ── File system ────────────────────────────────────────────────────────────────
 
 
-class ListDirectory(_Args):
-    """List the entries of one folder on the device (not recursive)."""
+class ListDirectory(_Paged):
+    """List the entries of one folder on the device (not recursive), a page at a time."""
 
     path: str = Field(description="Absolute path of a folder inside the agent's directories.")
 
@@ -32,16 +48,19 @@ class GetFileMetadata(_Args):
 
 
 class ReadFileContent(_Args):
-    """Read a text file's content."""
+    """Read part of a text file: `max_chars` characters from `offset`. The result says the
+    file's `total_chars` and whether text is left after this part (`truncated`)."""
 
     path: str = Field(description="Absolute path of a file inside the agent's directories.")
+    offset: int = Field(default=0, ge=0, description="Characters to skip from the start.")
     max_chars: int = Field(
         default=20_000, ge=1, le=200_000, description="Read at most this many characters."
     )
 
 
 class ScanDirectory(_Args):
-    """The whole tree under a folder in one call, filtered by extension and modification time."""
+    """The tree under a folder, a page at a time in path order, filtered by extension and
+    modification time. Pass the result's `next_cursor` back for the next page."""
 
     path: str = Field(description="Absolute path of a folder inside the agent's directories.")
     extensions: list[str] = Field(
@@ -51,17 +70,39 @@ class ScanDirectory(_Args):
     modified_since: str | None = Field(
         default=None, description="ISO 8601 time; keep only files modified after it."
     )
+    cursor: str | None = Field(
+        default=None, description="The `next_cursor` of the previous page; omit for the first."
+    )
+    limit: int = Field(default=SCAN_PAGE, ge=1, le=5_000, description="Files per page.")
+
+
+class FindRecords(_Args):
+    """Search existing records of one type by exact titles and/or title words: use it
+    before creating, to update what exists. Results are paged and bounded."""
+
+    type: RecordType = Field(description="Which records: tasks, notes, timelines or projects.")
+    titles: list[str] = Field(
+        default_factory=list,
+        max_length=200,
+        description="Exact titles (project names) to match, ignoring case.",
+    )
+    query: str | None = Field(
+        default=None, description="Words that must all appear in the title, ignoring case."
+    )
+    projectId: str | None = Field(default=None, description="Only records of this project.")
+    cursor: str | None = Field(default=None, description="The previous page's `next_cursor`.")
+    limit: int = Field(default=50, ge=1, le=MAX_FIND_PAGE, description="Records per page.")
 
 
 # ── Projects ──────────────────────────────────────────────────────────────────
 
 
-class ListProjects(_Args):
-    """Projects that are not archived."""
+class ListProjects(_Paged):
+    """Projects that are not archived, a page at a time."""
 
 
-class ListAllProjects(_Args):
-    """Every project, archived ones included."""
+class ListAllProjects(_Paged):
+    """Every project, archived ones included, a page at a time."""
 
 
 class GetProject(_Args):
@@ -89,8 +130,8 @@ class UpdateProject(_Args):
 # ── Tasks ─────────────────────────────────────────────────────────────────────
 
 
-class ListTasks(_Args):
-    """Tasks, optionally of one project."""
+class ListTasks(_Paged):
+    """Tasks, optionally of one project, a page at a time."""
 
     projectId: str | None = None
 
@@ -127,8 +168,8 @@ class AddTaskComment(_Args):
 # ── Notes ─────────────────────────────────────────────────────────────────────
 
 
-class ListNotes(_Args):
-    """Notes, optionally of one project."""
+class ListNotes(_Paged):
+    """Notes, optionally of one project, a page at a time."""
 
     projectId: str | None = None
 
@@ -158,8 +199,8 @@ class UpdateNote(_Args):
 # ── Timelines ─────────────────────────────────────────────────────────────────
 
 
-class ListTimelines(_Args):
-    """Timeline entries (milestones, deadlines), optionally of one project."""
+class ListTimelines(_Paged):
+    """Timeline entries (milestones, deadlines), optionally of one project, a page at a time."""
 
     projectId: str | None = None
 
