@@ -149,6 +149,12 @@ MIGRATIONS: Sequence[str] = (
         failed_at TEXT NOT NULL,
         PRIMARY KEY (agent_key, path)
     )""",
+    # ── server: a run's number of open calls without an answer (storing one is O(1)) ──
+    "ALTER TABLE runs ADD COLUMN unanswered INTEGER NOT NULL DEFAULT 0",
+    "UPDATE runs SET unanswered = (SELECT count(*) FROM device_calls c "
+    "WHERE c.run_id = runs.run_id AND c.done = 0 "
+    "AND NOT EXISTS (SELECT 1 FROM device_inbox i WHERE i.call_id = c.call_id)) "
+    "WHERE status IN ('pending', 'running', 'interrupted')",
 )
 
 SQLITE_BUSY_MS = 10_000

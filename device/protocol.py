@@ -37,11 +37,17 @@ class DeviceHello(_Frame):
     tools: list[str] = Field(default_factory=list)
 
 
-class ToolResult(_Frame):
-    """The answer to one `tool_call`, by its id."""
+class ToolResultHead(_Frame):
+    """What names a `tool_result`: its type and the id of the call it answers (all the server
+    reads of one too large to take)."""
 
     type: Literal["tool_result"]
     id: str = Field(min_length=1, max_length=500)
+
+
+class ToolResult(ToolResultHead):
+    """The answer to one `tool_call`, by its id."""
+
     ok: bool
     result: Any = None
     error: str | None = None

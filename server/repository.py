@@ -200,26 +200,62 @@ UNPUSHED_FOR_DEVICE = (
 )
 MARK_PUSHED = "UPDATE device_calls SET pushed_at = ? WHERE call_id = ?"
 SELECT_CALL = "SELECT call_id, run_id, user_id, device_id, done FROM device_calls WHERE call_id = ?"
-#: The answer, with what the run needs next: whether the *other* open calls of its run are
-#: answered (counted without this call, so whether the row just inserted is visible to the
-#: subquery, as on SQLite, or not, as on Postgres, does not matter).
-STORE_ANSWER = (
-    "INSERT INTO device_inbox (call_id, run_id, ok, payload, received_at) "
-    "SELECT call_id, run_id, ?, ?, ? FROM device_calls WHERE call_id = ? AND user_id = ? "
-    "AND (device_id = ? OR device_id IS NULL) AND done = 0 "
-    "ON CONFLICT (call_id) DO NOTHING RETURNING run_id, "
-    "(SELECT r.thread_id FROM runs r WHERE r.run_id = device_inbox.run_id) AS thread_id, "
-    "(SELECT r.status FROM runs r WHERE r.run_id = device_inbox.run_id) AS status, "
-    "(SELECT count(*) FROM device_calls c WHERE c.run_id = device_inbox.run_id AND c.done = 0 "
-    "AND c.call_id <> device_inbox.call_id AND NOT EXISTS "
-    "(SELECT 1 FROM device_inbox i WHERE i.call_id = c.call_id)) AS others_unanswered"
+#: A call found by its id alone, as `dc` (params: the call id), for `OF_DEVICE` to check: the
+#: `LIMIT 1` (an id has one row) keeps Postgres from folding the user and the device into the
+#: lookup, which it may then make through the index of the device's open calls, reading every
+#: one of them (as it does before statistics say otherwise).
+CALL_BY_ID = (
+    "(SELECT call_id, run_id, user_id, device_id, done FROM device_calls "
+    "WHERE call_id = ? LIMIT 1) dc"
 )
-#: Postgres: the answer, and the lock of its run's thread tried when it is new (`locked`).
-STORE_ANSWER_TRY_LOCK = (
-    f"WITH stored AS ({STORE_ANSWER}) "
-    f"SELECT *, {try_lock('stored.thread_id')} AS locked FROM stored"
+#: The call is this user's device's (params: user id, device id): sent to it, or to any
+#: device of its user.
+OF_DEVICE = "dc.user_id = ? AND (dc.device_id = ? OR dc.device_id IS NULL)"
+# A run's `unanswered` is its number of open calls without an answer: set by the park
+# (`COUNT_UNANSWERED`), one less with each new answer, in the answer's own statement (Postgres)
+# or transaction (SQLite). Storing an answer so costs the same however many calls are open.
+#: The answer, for an open call of this user's device, once (a duplicate or a late answer
+#: stores nothing).
+INSERT_ANSWER = (
+    "INSERT INTO device_inbox (call_id, run_id, ok, payload, received_at) "
+    f"SELECT dc.call_id, dc.run_id, ?, ?, ? FROM {CALL_BY_ID} WHERE {OF_DEVICE} AND dc.done = 0 "
+    "ON CONFLICT (call_id) DO NOTHING RETURNING run_id"
+)
+#: Postgres: the answer and, only if it was stored, one call less for its run to wait for,
+#: with what the run needs next (`{locked}`: more columns after the counted ones).
+STORE_ANSWER_OF = (
+    f"WITH stored AS ({INSERT_ANSWER}), "
+    "counted AS (UPDATE runs r SET unanswered = r.unanswered - 1 FROM stored "
+    "WHERE r.run_id = stored.run_id RETURNING r.thread_id, r.status, r.unanswered) "
+    "SELECT stored.run_id, counted.thread_id, counted.status, counted.unanswered{locked} "
+    "FROM stored LEFT JOIN counted ON true"
+)
+STORE_ANSWER = STORE_ANSWER_OF.format(locked="")
+#: Postgres: the same, and the lock of its run's thread tried when it was the last answer
+#: the run waited for (`locked`).
+STORE_ANSWER_TRY_LOCK = STORE_ANSWER_OF.format(
+    locked=", CASE WHEN counted.status = 'interrupted' AND counted.unanswered <= 0 "
+    f"THEN {try_lock('counted.thread_id')} ELSE false END AS locked"
+)
+#: SQLite (no writing `WITH`): one call less for the run of an open call of this user's
+#: device that has no answer yet, just before `INSERT_ANSWER` in one transaction (one writer
+#: at a time, so the two see the same calls and answers).
+COUNT_ANSWER = (
+    "UPDATE runs SET unanswered = unanswered - 1 WHERE run_id = "
+    f"(SELECT dc.run_id FROM {CALL_BY_ID} WHERE {OF_DEVICE} AND dc.done = 0 "
+    "AND NOT EXISTS (SELECT 1 FROM device_inbox i WHERE i.call_id = dc.call_id)) "
+    "RETURNING thread_id, status, unanswered"
 )
 CLOSE_OPEN_CALLS = "UPDATE device_calls SET done = 1 WHERE run_id = ? AND done = 0"
+#: The park's last statement: the run's counter set from its open calls and their answers,
+#: once they are stored (a statement of its own, so on Postgres it sees the park's writes);
+#: it returns the run only if it is parked.
+COUNT_UNANSWERED = (
+    "UPDATE runs SET unanswered = (SELECT count(*) FROM device_calls c "
+    "WHERE c.run_id = runs.run_id AND c.done = 0 "
+    "AND NOT EXISTS (SELECT 1 FROM device_inbox i WHERE i.call_id = c.call_id)) "
+    "WHERE run_id = ? AND status = 'interrupted' RETURNING run_id"
+)
 DELETE_RUN_CALLS = "DELETE FROM device_calls WHERE run_id = ?"
 DELETE_RUN_INBOX = "DELETE FROM device_inbox WHERE run_id = ?"
 RUN_DEVICES = (
@@ -257,15 +293,14 @@ STALE_ANSWERED = f"SELECT run_id FROM runs WHERE {ANSWERED_PARKED} AND updated_a
 #: A parked run whose every open call is answered becomes running (to be resumed).
 CLAIM_ANSWERED_OF = (
     "UPDATE runs SET status = 'running', updated_at = ?, started_at = COALESCE(started_at, ?) "
-    f"WHERE run_id = {{run}} AND {ANSWERED_PARKED} RETURNING run_id"
+    f"WHERE {{run}} AND {ANSWERED_PARKED} RETURNING run_id"
 )
-CLAIM_ANSWERED = CLAIM_ANSWERED_OF.format(run="?")
+CLAIM_ANSWERED = CLAIM_ANSWERED_OF.format(run="run_id = ?")
 #: The run of an open call of this user's device, for the statements that follow its answer.
-RUN_OF_CALL = (
-    "(SELECT run_id FROM device_calls WHERE call_id = ? AND user_id = ? "
-    "AND (device_id = ? OR device_id IS NULL))"
-)
-CLAIM_ANSWERED_CALL = CLAIM_ANSWERED_OF.format(run=RUN_OF_CALL)
+RUN_OF_CALL = f"(SELECT dc.run_id FROM {CALL_BY_ID} WHERE {OF_DEVICE})"
+#: After an answer: the claim, with the calls checked only once the run's counter says none
+#: is left unanswered, so an answer that leaves calls open reads none of them.
+CLAIM_ANSWERED_CALL = CLAIM_ANSWERED_OF.format(run=f"run_id = {RUN_OF_CALL} AND unanswered <= 0")
 ASSISTANT_RUNS = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE assistant_id = ? AND user_id = ? "
     "ORDER BY created_at DESC"
@@ -563,9 +598,10 @@ class Repository:
         self, *, user_id: str, device_id: str, call_id: str, ok: bool, payload: Any
     ) -> list[tuple[str, tuple[Any, ...]]]:
         """Postgres: an answer and what a step reads first, for one pipeline: store the answer
-        and try its thread's lock, then claim its run if that made every answer in, and read
-        the run. `answer_of` makes the first result an `Answer` (its rows also say whether
-        the lock was taken: `locked`), `execution_of` the rest an `Execution`."""
+        and, if it was the run's last missing one, try its thread's lock; then claim its run
+        if every answer is in, and read the run if it was claimed. `answer_of` makes the
+        first result an `Answer` (its rows also say whether the lock was taken: `locked`),
+        `execution_of` the rest an `Execution` (None when nothing was claimed)."""
         stamp = now()
         call = (call_id, user_id, device_id)
         return [
@@ -573,7 +609,7 @@ class Repository:
             claim_and_read(
                 CLAIM_ANSWERED_CALL,
                 (stamp, stamp, *call),
-                f"r.run_id = {RUN_OF_CALL}",
+                f"r.run_id = {RUN_OF_CALL} AND EXISTS (SELECT 1 FROM claimed)",
                 call,
                 mark=self.checkpoint_marks,
             ),
@@ -681,11 +717,14 @@ class Repository:
             for seq, (interrupt_id, call_id, name, args) in enumerate(calls)
         ]
         statements.append((PARK_RUN, (stamp, run_id)))
-        return [one_statement(statements)] if self.db.kind == "postgres" else statements
+        if self.db.kind == "postgres":
+            statements = [one_statement(statements)]
+        return [*statements, (COUNT_UNANSWERED, (run_id,))]
 
     @staticmethod
     def parked(results: list[list[dict[str, Any]]]) -> bool:
-        """Whether the park's statements parked the run (it had not ended)."""
+        """Whether the park's statements parked the run (it had not ended): the last one,
+        `COUNT_UNANSWERED`, returns the run only then."""
         return bool(results and results[-1])
 
     async def finish_run(
@@ -742,21 +781,32 @@ class Repository:
     async def record_answer(
         self, *, user_id: str, device_id: str, call_id: str, ok: bool, payload: Any
     ) -> Answer:
-        """Store an answer durably (invariant 5), in one statement when it is new."""
-        stored = await self.db.write(
-            STORE_ANSWER, int(ok), json.dumps(payload), now(), call_id, user_id, device_id
-        )
+        """Store an answer durably (invariant 5) and count it against its run's open calls,
+        in one statement on Postgres, one transaction on SQLite."""
+        call = (call_id, user_id, device_id)
+        answer = (int(ok), json.dumps(payload), now(), *call)
+        if self.db.kind == "postgres":
+            stored = await self.db.write(STORE_ANSWER, *answer)
+        else:
+            counted, inserted = await self.db.results((COUNT_ANSWER, call), (INSERT_ANSWER, answer))
+            stored = [{**inserted[0], **counted[0]} if counted else inserted[0]] if inserted else []
         return await self.answer_of(stored, user_id=user_id, device_id=device_id, call_id=call_id)
 
     async def answer_of(
         self, stored: list[dict[str, Any]], *, user_id: str, device_id: str, call_id: str
     ) -> Answer:
         """What became of an answer, from the rows its statement returned (none: it was not
-        new, and one more read tells a duplicate, a late and an unknown one apart)."""
+        new, and one more read tells a duplicate, a late and an unknown one apart). A run whose
+        counter is at 0 or below is complete: the counter can be low, never high, if a
+        duplicate was stored as a park closed its call (Postgres: it waited for the park's
+        delete of the first answer, then found no conflict), so it goes on down to the real
+        last answer, and the claim checks the calls themselves before it resumes the run."""
         if stored:
             row = stored[0]
-            completes = row["status"] == "interrupted" and row["others_unanswered"] == 0
-            return Answer("stored", str(row["run_id"]), str(row["thread_id"]), completes)
+            count, thread_id = row.get("unanswered"), row.get("thread_id")
+            completes = row.get("status") == "interrupted" and count is not None and count <= 0
+            thread = None if thread_id is None else str(thread_id)
+            return Answer("stored", str(row["run_id"]), thread, completes)
         rows = await self.db.fetch(SELECT_CALL, call_id)
         if (
             not rows

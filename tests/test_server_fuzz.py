@@ -32,7 +32,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 
-from device.protocol import DEVICE_FRAME, SERVER_FRAME, DeviceHello, ErrorFrame, ToolResult
+from device.protocol import (
+    DEVICE_FRAME,
+    SERVER_FRAME,
+    DeviceHello,
+    ErrorFrame,
+    ToolResult,
+    ToolResultHead,
+)
 from server.api.devices import MAX_FRAME
 from tests.conftest import SAMPLE
 from tests.support.processes import DeviceProcess, ServerProcess
@@ -288,10 +295,24 @@ FRAMES: st.SearchStrategy[str | bytes] = st.one_of(
 )
 
 
+def oversized_result(frame: str) -> bool:
+    """A frame over the limit that names a call: the server answers that call with an error
+    (here: a call nobody waits for)."""
+    if len(frame.encode()) <= MAX_FRAME:
+        return False
+    try:
+        ToolResultHead.model_validate_json(frame)
+    except ValueError:
+        return False
+    return True
+
+
 def expected_code(frame: str | bytes) -> str:
     """The error code the server owes a frame sent after a successful hello."""
-    if isinstance(frame, bytes) or len(frame) > MAX_FRAME:
+    if isinstance(frame, bytes):
         return "bad_frame"
+    if len(frame.encode()) > MAX_FRAME:
+        return "unknown_call" if oversized_result(frame) else "bad_frame"
     try:
         parsed = DEVICE_FRAME.validate_python(json.loads(frame))
     except ValueError:  # not JSON, or a ValidationError
@@ -301,8 +322,8 @@ def expected_code(frame: str | bytes) -> str:
 
 def expected_before_hello(frame: str) -> str | None:
     """The error code owed to a text frame sent before the hello; None for a hello."""
-    if len(frame) > MAX_FRAME:
-        return "bad_frame"
+    if len(frame.encode()) > MAX_FRAME:
+        return "hello_required" if oversized_result(frame) else "bad_frame"
     try:
         parsed = DEVICE_FRAME.validate_python(json.loads(frame))
     except ValueError:
@@ -744,9 +765,11 @@ def test_binary_frame_before_hello_gets_an_error_frame(server: Server) -> None:
     asyncio.run(exchange())
 
 
-def test_frame_over_4_mib_of_utf8_is_rejected(server: Server) -> None:
+def test_frame_over_4_mib_of_utf8_is_oversized(server: Server) -> None:
+    """Counted in bytes: under the limit in characters this frame (no `ok`) is a bad frame;
+    over it, it is read for its id only, and that id is no one's call."""
     frame = json.dumps(
-        {"type": "tool_result", "id": "big", "ok": True, "result": "é" * (MAX_FRAME // 2 + 10)},
+        {"type": "tool_result", "id": "big", "result": "é" * (MAX_FRAME // 2 + 10)},
         ensure_ascii=False,
     )
     assert len(frame) < MAX_FRAME < len(frame.encode())
@@ -754,7 +777,7 @@ def test_frame_over_4_mib_of_utf8_is_rejected(server: Server) -> None:
     async def exchange() -> None:
         async with connect(server.ws_url) as socket:
             await say_hello(socket, server.bob_phone_token, "b-phone")
-            await expect_error(socket, frame, "bad_frame")
+            await expect_error(socket, frame, "unknown_call")
 
     asyncio.run(exchange())
 

@@ -18,6 +18,7 @@ from device.protocol import (
     ErrorFrame,
     HelloOk,
     ToolResult,
+    ToolResultHead,
 )
 from server.hub import Connection
 from server.services import Services
@@ -28,7 +29,17 @@ router = APIRouter(tags=["devices"])
 BAD_TOKEN = "The device token is not valid (or not for this device)."
 HELLO_FIRST = "Say device_hello first."
 UNKNOWN_ID = "No pending call has the id {call_id!r}."
+#: The largest frame the server takes, in bytes of UTF-8. The socket itself reads frames up to
+#: the ASGI server's limit (uvicorn's `ws_max_size`, 16 MiB as `relaygraph serve` runs it) and
+#: closes the connection (1009) on a larger one.
 MAX_FRAME = 4 * 1024 * 1024
+TOO_LARGE = "Frame larger than {limit} bytes."
+#: The error a call gets for a result too large to take: what its run (and model) reads.
+RESULT_TOO_LARGE = (
+    "The device's result was {size:,} bytes, over the {limit:,}-byte limit of a frame, and was "
+    "dropped. Ask for less at a time: page through it (a smaller `limit`, then the "
+    "`next_cursor` of each page as `cursor`) or narrow the request."
+)
 
 
 @router.websocket("/devices/connect")
@@ -133,8 +144,9 @@ async def _store_answer(svc: Services, connection: Connection, frame: ToolResult
 
 def _parse(text: str) -> DeviceHello | ToolResult | str:
     """A frame, or the reason it is not one."""
-    if len(text.encode()) > MAX_FRAME:
-        return f"Frame larger than {MAX_FRAME} bytes."
+    size = len(text.encode())
+    if size > MAX_FRAME:
+        return _oversized(text, size)
     try:
         return DEVICE_FRAME.validate_python(json.loads(text))
     except json.JSONDecodeError as exc:
@@ -145,6 +157,24 @@ def _parse(text: str) -> DeviceHello | ToolResult | str:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "frame"
         return f"Invalid frame: {where}: {first['msg']}."
+
+
+def _oversized(text: str, size: int) -> ToolResult | str:
+    """A frame over the limit, read for its type and call id only: a `tool_result` becomes
+    an error answer to its call, so the run goes on and its model reads why (a repeat is
+    then a duplicate); anything else is a bad frame."""
+    try:
+        head = ToolResultHead.model_validate_json(text)
+    except ValidationError:  # not JSON, not a tool_result, no usable id
+        return TOO_LARGE.format(limit=MAX_FRAME)
+    log.warning(
+        "the tool_result for %s is %d bytes, over the %d-byte limit: it answers as an error",
+        head.id,
+        size,
+        MAX_FRAME,
+    )
+    error = RESULT_TOO_LARGE.format(size=size, limit=MAX_FRAME)
+    return ToolResult(type="tool_result", id=head.id, ok=False, error=error)
 
 
 async def _error(socket: WebSocket, code: str, message: str) -> None:
