@@ -26,8 +26,11 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from nodes.payloads import GROUP_KIND, TRIAGE_KIND, find_payload
+from nodes.prompts import TURNS_LEFT_OUT
 
 OFFLINE_NOTICE = "Offline extractor (no model configured)"
+#: How the note that stands in for left-out turns begins: those calls are done.
+TURNS_LEFT_OUT_START = TURNS_LEFT_OUT.split("{")[0][:40]
 
 _CHECKBOX = re.compile(r"^\s*[-*+]\s+\[([ xX/~-])\]\s+(?P<title>.+?)\s*$")
 _TODO = re.compile(r"^\s*(?:[-*+]\s+)?(?P<tag>TODO|FIXME|DOING|DONE)\b[:\s-]*(?P<title>.+?)\s*$")
@@ -178,6 +181,8 @@ def _top_folder(path: str, root: str) -> str:
 def _processing_answer(
     group: dict[str, Any], messages: Sequence[BaseMessage], tool_names: set[str]
 ) -> AIMessage:
+    if any(m.type == "human" and m.text.startswith(TURNS_LEFT_OUT_START) for m in messages):
+        return AIMessage(content=f"{OFFLINE_NOTICE}: earlier calls are done; nothing more.")
     turns = [m for m in messages if isinstance(m, AIMessage)]
     last_calls = {c["name"] for c in turns[-1].tool_calls} if turns else set()
     if turns and last_calls - {"create_project"}:

@@ -43,7 +43,7 @@ def estimate_tokens(text: str) -> int:
     per byte of everything else (a byte-level BPE token is never shorter than a byte)."""
     ascii_chars = sum(1 for c in text if c < "\x80")
     other_bytes = len(text.encode("utf-8", "surrogatepass")) - ascii_chars
-    return (ascii_chars + 1) // 2 + other_bytes
+    return (ascii_chars + 3) // 2 + other_bytes
 
 
 def count_tokens(text: str) -> int:

@@ -19,7 +19,7 @@ from tools.catalog import DATA_TYPES, tools_for_data_types
 
 #: Of what a request may hold after the prompt and the tool specs: the file texts, the
 #: existing records matched to them, and the rest for the model's calls and their results.
-FILES_SHARE = 0.5
+FILES_SHARE = 0.35
 CANDIDATES_SHARE = 0.15
 #: Characters per token assumed when planning from sizes (real text has 3 to 4; the read
 #: parts are counted again, and a denser one is split further).

@@ -94,8 +94,11 @@ RESULT_LEFT_OUT = (
 )
 
 TURNS_LEFT_OUT = """\
-Earlier turns of this conversation are left out to keep the request within the token
-budget. The calls you made in them (their results are stored): {calls}."""
+Turns of this conversation are left out to keep the request within the token budget. The
+calls you made in them are done (the device stored their results); do not repeat them:
+{calls}"""
+
+MORE_CALLS = "- and {count} more calls"
 
 USER_INSTRUCTIONS = "\nInstructions from the user:\n{prompt_template}\n"
 

@@ -29,13 +29,15 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel
 from typing_extensions import TypedDict
 
-from llm.tokens import count_message, count_request
+from llm.errors import describe
+from llm.tokens import count_message, count_request, count_tokens
 from nodes import prompts
 from nodes.bridge import PreparedCalls, ask_device, prepare_calls, tool_messages
 from nodes.context import AgentContext, AgentNode
 from tools.catalog import tools_for_data_types
 
 INVALID_JSON = "The arguments of {name} are not valid JSON: {error}"
+NOTE_OVERHEAD = 120  # the note's own words around its list of calls
 OVER_BUDGET = (
     "The conversation no longer fits the prompt budget of {budget} tokens "
     "({tokens} after leaving out what could be); its files are retried on the next run."
@@ -97,7 +99,7 @@ def call_model_node(
         try:
             response = await runnable.ainvoke(request)
         except recoverable as exc:
-            return {"failure": f"{type(exc).__name__}: {exc}", "turns": turns + 1, **_calls(1)}
+            return {"failure": describe(exc), "turns": turns + 1, **_calls(1)}
         return {"messages": [response], "turns": turns + 1, **_calls(1)}
 
     return call_model
@@ -113,9 +115,9 @@ def fit_request(
 ) -> list[BaseMessage] | None:
     """`messages` as a request within `budget` tokens, or None when they cannot fit.
 
-    First the results of earlier turns are left out (oldest first, each replaced by a line
-    that says so), then whole earlier turns (replaced by a list of the calls they made);
-    the opening messages and the last turn are always sent."""
+    First tool results are left out, oldest first (each replaced by a line that says so),
+    then whole earlier turns (replaced by a list of the calls they made); the opening
+    messages and the last turn's calls are always sent."""
     tool_tokens = count_request([], tools)
     sizes = [count_message(m) for m in messages]
     if tool_tokens + sum(sizes) <= budget:
@@ -124,8 +126,7 @@ def fit_request(
     turn_starts = [i for i, m in enumerate(request) if isinstance(m, AIMessage)]
     if not turn_starts:
         return None
-    last_turn_start = turn_starts[-1]
-    for index in range(turn_starts[0], last_turn_start):
+    for index in range(turn_starts[0], len(request)):
         message = request[index]
         if isinstance(message, ToolMessage) and tool_tokens + sum(sizes) > budget:
             stub = message.model_copy(
@@ -135,20 +136,35 @@ def fit_request(
             sizes[index] = count_message(stub)
     if tool_tokens + sum(sizes) <= budget:
         return request
-    dropped = request[turn_starts[0] : last_turn_start]
-    done = [c["name"] for m in dropped if isinstance(m, AIMessage) for c in m.tool_calls]
-    note = HumanMessage(prompts.TURNS_LEFT_OUT.format(calls=_call_counts(done)))
-    request = [*request[: turn_starts[0]], note, *request[last_turn_start:]]
-    if count_request(request, tools) <= budget:
-        return request
+    opening = request[: turn_starts[0]]
+    for keep_from in (turn_starts[-1], len(request)):  # earlier turns, then every turn
+        dropped = request[turn_starts[0] : keep_from]
+        if not dropped:
+            continue
+        kept = request[keep_from:]
+        room = budget - count_request([*opening, *kept], tools) - NOTE_OVERHEAD
+        note = HumanMessage(prompts.TURNS_LEFT_OUT.format(calls=_digest(dropped, room)))
+        if count_request([*opening, note, *kept], tools) <= budget:
+            return [*opening, note, *kept]
     return None
 
 
-def _call_counts(names: list[str]) -> str:
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    return ", ".join(f"{n} x {name}" for name, n in sorted(counts.items())) or "none"
+def _digest(turns: Sequence[BaseMessage], room: int) -> str:
+    """The calls `turns` made, one line each (tool and title), as many as fit `room` tokens."""
+    lines: list[str] = []
+    used = 0
+    calls = [c for m in turns if isinstance(m, AIMessage) for c in m.tool_calls]
+    for number, call in enumerate(calls):
+        args = call["args"]
+        what = args.get("title") or args.get("name") or args.get("taskId") or ""
+        line = f"- {call['name']} {what}".rstrip()
+        tokens = count_tokens(line) + 1
+        if used + tokens > room:
+            lines.append(prompts.MORE_CALLS.format(count=len(calls) - number))
+            break
+        lines.append(line)
+        used += tokens
+    return "\n".join(lines) or "none"
 
 
 def last_turn(state: Mapping[str, Any]) -> AIMessage:

@@ -25,7 +25,7 @@ from nodes.context import AgentContext, AgentNode
 from nodes.payloads import TRIAGE_KIND, payload_message
 from nodes.state import STANDALONE, FileEntry, Group, ScanPage, TriageAnswer, TriageState
 from tools.policy import PathPolicy, PolicyViolation, normalize_extension
-from tools.schemas import MAX_LIST_PAGE
+from tools.schemas import MAX_LIST_PAGE, SCAN_PAGE
 
 TRIAGE_ATTEMPTS = 3
 NO_DIRECTORIES = "The agent has no directories configured."
@@ -165,6 +165,7 @@ def _first_pages(
                 "path": path,
                 "extensions": [normalize_extension(e) for e in context.file_extensions],
                 "modified_since": modified_since,
+                "limit": SCAN_PAGE,
             }
         )
         policy.check(device_tool("scan_directory"), args)

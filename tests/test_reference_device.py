@@ -245,7 +245,8 @@ async def test_bad_frames_and_run_events_do_not_stop_the_device(harness: Harness
             )
         )
         result = await call(ws, "c-after", "list_tasks")
-        assert result == {"type": "tool_result", "id": "c-after", "ok": True, "result": []}
+        page = {"items": [], "next_cursor": None}
+        assert result == {"type": "tool_result", "id": "c-after", "ok": True, "result": page}
     await harness.finish()
 
     ignored = [e for e in harness.events if e.startswith("ignored")]
