@@ -192,16 +192,14 @@ UPSERT_RETRY = (
 RETRIES_PER_RUN = 1_000
 
 
-def outcome_statements(
-    agent_key: str, report: dict[str, Any], retried: Sequence[str]
-) -> list[tuple[str, Sequence[Any]]]:
+def outcome_statements(agent_key: str, report: dict[str, Any]) -> list[tuple[str, Sequence[Any]]]:
     """What a finished run changes for the next one, in its own transaction: the watermark
     moves (unless the run failed as a whole), the files it retried leave the ledger, and
     the files it could not process enter it (retried next run, changed or not)."""
     statements: list[tuple[str, Sequence[Any]]] = []
     if report.get("watermark"):
         statements.append((UPSERT_WATERMARK, (agent_key, report["watermark"])))
-    statements += [(DELETE_RETRY, (agent_key, path)) for path in retried]
+    statements += [(DELETE_RETRY, (agent_key, path)) for path in report.get("retried") or []]
     stamp = _now()
     statements += [
         (UPSERT_RETRY, (agent_key, f["path"], f["error"][:1_000], stamp))
@@ -412,14 +410,12 @@ class AppStore:
     async def start_run(self, thread_id: str, agent_key: str) -> None:
         await self.db.execute((INSERT_RUN, (thread_id, agent_key, _now())))
 
-    async def finish_run(
-        self, thread_id: str, agent_key: str, report: dict[str, Any], retried: Sequence[str]
-    ) -> None:
+    async def finish_run(self, thread_id: str, agent_key: str, report: dict[str, Any]) -> None:
         """Record the outcome and, in the same transaction, what the next run starts from:
         the watermark and the ledger of files to retry (`outcome_statements`)."""
         await self.db.execute(
             (FINISH_RUN, (report["status"], _now(), json.dumps(report), thread_id)),
-            *outcome_statements(agent_key, report, retried),
+            *outcome_statements(agent_key, report),
         )
 
     async def retry_files(self, agent_key: str) -> list[str]:

@@ -87,6 +87,7 @@ def finalize(state: LocalAgentState) -> LocalAgentState:
             updated=_total(o["updated"] for o in outcomes),
             errors=[*errors, *state.get("notices", [])],
             failed_files=[FileFailure(path=p, error=e) for p, e in sorted(failures.items())],
+            retried=list(state.get("retry_files") or []),
             watermark=(state["started_at"] if status != "error" else state.get("modified_since")),
             outcomes=outcomes,
         )

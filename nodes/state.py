@@ -107,6 +107,7 @@ class RunReport(TypedDict):
     updated: dict[str, int]
     errors: list[str]
     failed_files: list[FileFailure]  # retried next run, changed or not
+    retried: list[str]  # files of earlier runs this run retried (they leave the ledger)
     watermark: str | None  # the "modified since" to use next time
     outcomes: list[ChunkOutcome]
 

@@ -75,12 +75,14 @@ def scan_device(state: TriageState, runtime: Runtime[AgentContext]) -> dict[str,
     policy = context.policy()
     round_number = state.get("scan_round", 0)
     retry: list[str] = []
+    taken: list[str] = []
     if round_number == 0:
         try:
             pages = _first_pages(context, state.get("modified_since"), policy)
         except PolicyViolation as exc:
             return {"triage_error": str(exc), "manifest": [], "projects": []}
-        retry = [p for p in state.get("retry_files") or [] if policy.inside(p)][:RETRY_LIMIT]
+        taken = list(state.get("retry_files") or [])[:RETRY_LIMIT]
+        retry = [p for p in taken if policy.inside(p)]
     else:
         pages = state.get("pending_pages", [])
     if round_number >= MAX_SCAN_ROUNDS:
@@ -149,6 +151,7 @@ def scan_device(state: TriageState, runtime: Runtime[AgentContext]) -> dict[str,
         "projects": projects,
         "pending_pages": pending,
         "scan_round": round_number + 1,
+        **({"retry_files": taken} if round_number == 0 else {}),
         "triage_error": None,
         "notices": notices,
         "run_key": run_key,

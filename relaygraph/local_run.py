@@ -82,8 +82,7 @@ async def run_local_agent(
             )
             resumed = False
         report = cast(RunReport, values["report"])
-        retried = cast(list[str], values.get("retry_files") or [])
-        await store.finish_run(thread_id, key, cast(dict[str, Any], report), retried)
+        await store.finish_run(thread_id, key, cast(dict[str, Any], report))
     return LocalRun(thread_id=thread_id, resumed=resumed, report=report)
 
 

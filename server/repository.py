@@ -18,6 +18,7 @@ import psycopg
 
 from checkpoints import Database
 from checkpoints.latest import CheckpointMark
+from checkpoints.store import RETRIES_PER_RUN, SELECT_RETRIES, outcome_statements
 from device.protocol import make_device_token
 from server.locks import try_lock
 
@@ -306,10 +307,6 @@ ASSISTANT_RUNS = (
     "ORDER BY created_at DESC"
 )
 SELECT_ASSISTANT_WATERMARK = "SELECT modified_since FROM relaygraph_watermarks WHERE agent_key = ?"
-UPSERT_ASSISTANT_WATERMARK = (
-    "INSERT INTO relaygraph_watermarks (agent_key, modified_since) VALUES (?, ?) "
-    "ON CONFLICT (agent_key) DO UPDATE SET modified_since = excluded.modified_since"
-)
 
 
 AnswerOutcome = Literal["stored", "duplicate", "late", "unknown"]
@@ -947,10 +944,15 @@ class Repository:
         rows = await self.db.fetch(SELECT_ASSISTANT_WATERMARK, f"assistant:{assistant_id}")
         return str(rows[0]["modified_since"]) if rows else None
 
-    async def set_assistant_watermark(self, *, assistant_id: str, watermark: str) -> None:
-        await self.db.execute(
-            (UPSERT_ASSISTANT_WATERMARK, (f"assistant:{assistant_id}", watermark))
-        )
+    async def assistant_retries(self, assistant_id: str) -> list[str]:
+        """The files the assistant's earlier runs could not process (retried next run)."""
+        rows = await self.db.fetch(SELECT_RETRIES, f"assistant:{assistant_id}", RETRIES_PER_RUN)
+        return [str(r["path"]) for r in rows]
+
+    async def record_assistant_outcome(self, *, assistant_id: str, report: dict[str, Any]) -> None:
+        """The watermark and the retry ledger a finished local-agent run leaves, in one
+        transaction (`checkpoints.store.outcome_statements`, shared with `relaygraph run`)."""
+        await self.db.execute(*outcome_statements(f"assistant:{assistant_id}", report))
 
 
 def claim_and_read(

@@ -307,9 +307,9 @@ class RunManager:
                 return Go(Command(**command_fields(kwargs["command"])))
             graph_input = dict(kwargs.get("input") or {})
             if assistant["graph_id"] == WATERMARKED_GRAPH and "modified_since" not in graph_input:
-                graph_input["modified_since"] = await self.repo.assistant_watermark(
-                    assistant["assistant_id"]
-                )
+                assistant_id = assistant["assistant_id"]
+                graph_input["modified_since"] = await self.repo.assistant_watermark(assistant_id)
+                graph_input["retry_files"] = await self.repo.assistant_retries(assistant_id)
             return Go(graph_input)
         device = [i for i in snapshot.interrupts if is_device_request(i.value)]
         if not device:
@@ -385,10 +385,10 @@ class RunManager:
             await self._finish(run, "success", {}, None, thread_status="interrupted")
             return
         status, counts, error = outcome_of(end.values)
-        watermark = (end.values.get("report") or {}).get("watermark")
-        if status in ("success", "partial") and watermark:
-            await self.repo.set_assistant_watermark(
-                assistant_id=assistant["assistant_id"], watermark=watermark
+        if assistant["graph_id"] == WATERMARKED_GRAPH and end.values.get("report"):
+            await self.repo.record_assistant_outcome(
+                assistant_id=assistant["assistant_id"],
+                report=end.values["report"],
             )
         await self._finish(run, status, counts, error)
 
