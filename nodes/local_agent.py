@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from langgraph.config import get_stream_writer
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite, Send
 
@@ -41,15 +42,18 @@ def begin(state: LocalAgentInput) -> dict[str, Any]:
 
 
 def plan(state: LocalAgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """Cut the groups into chunks that each fit one model request (pure: from file sizes)."""
+    """Cut the groups into chunks that each fit one model request (from file sizes), and
+    say how many on the custom stream (`chunks_planned`)."""
     if state.get("triage_error"):
         return {"chunks": []}
     context = runtime.context
     budget = files_budget(context.max_prompt_tokens, context.data_types)
     part_chars = max(1_000, budget * PLANNING_CHARS_PER_TOKEN)
-    chunks = plan_chunks(
-        state.get("groups") or [], state.get("manifest", []), part_chars=part_chars
-    )
+    groups = state.get("groups") or []
+    chunks = plan_chunks(groups, state.get("manifest", []), part_chars=part_chars)
+    files = sum(len(g["files"]) for g in groups)
+    planned = {"chunks": len(chunks), "files": files}
+    get_stream_writer()({"event": "chunks_planned", "data": planned})
     return {"chunks": chunks}
 
 

@@ -355,7 +355,8 @@ def record_outcome(state: ProcessingState) -> dict[str, Any]:
         summary=" ".join(t["summary"] for t in tallies if t["summary"]),
         model_calls=state.get("model_calls", 0),
     )
-    get_stream_writer()({"event": "chunk_done", "data": _progress(outcome)})
+    finished = sum(1 for p in chunk["parts"] if p["part"] == p["parts"])
+    get_stream_writer()({"event": "chunk_done", "data": _progress(outcome, finished)})
     return {"outcomes": [outcome]}
 
 
@@ -366,9 +367,11 @@ def _errors(tallies: list[Tally], failed: list[FileFailure]) -> list[str]:
     return errors + [f"{f['path']}: {f['error']}" for f in failed if f["error"] not in seen]
 
 
-def _progress(outcome: ChunkOutcome) -> dict[str, Any]:
+def _progress(outcome: ChunkOutcome, finished: int) -> dict[str, Any]:
+    """A `chunk_done` event: the files whose last part was in the chunk, and its counts."""
     return {
         "chunk": outcome["index"],
+        "files_finished": finished,
         "files": len(outcome["files"]),
         "failed": len(outcome["failed"]),
         "created": sum(outcome["created"].values()),

@@ -15,10 +15,10 @@ from rich.table import Table
 from checkpoints import StorageError
 from device import DeviceDatabaseError, LocalDevice
 from llm import load_chat_model
-from nodes.bridge import DeviceCall, DeviceResult
 from nodes.state import RunReport
 from relaygraph.local_run import default_context, run_local_agent
-from tools.catalog import DATA_TYPES, DEVICE_TOOLS
+from relaygraph.progress import RunProgress
+from tools.catalog import DATA_TYPES
 
 DEFAULT_STATE = ".relaygraph/relaygraph.db"
 DEFAULT_ENTITIES = ".relaygraph/entities.db"
@@ -219,21 +219,23 @@ def _run(args: argparse.Namespace) -> int:
     console.print(f"[bold]relaygraph[/] local agent over {directory.resolve()}")
     console.print(f"model: {choice.label}")
     try:
-        device = LocalDevice([directory], args.db, on_call=_show_call(console))
+        device = LocalDevice([directory], args.db)
     except DeviceDatabaseError as exc:
         errors.print(f"relaygraph: {exc}")
         return EXIT_BAD_INPUT
     context = default_context(directory, args.data_types, args.extensions)
     try:
-        outcome = asyncio.run(
-            run_local_agent(
-                context=context,
-                state_url=state_url,
-                model=choice.model,
-                device=device,
-                on_update=_show_update(console),
+        with RunProgress(console) as progress:
+            outcome = asyncio.run(
+                run_local_agent(
+                    context=context,
+                    state_url=state_url,
+                    model=choice.model,
+                    device=device,
+                    on_update=_show_update(console),
+                    on_progress=progress.on_event,
+                )
             )
-        )
     except StorageError as exc:
         errors.print(f"relaygraph: {exc}")
         return EXIT_BAD_INPUT
@@ -253,7 +255,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _show_update(console: Console) -> Any:
     def show(namespace: tuple[str, ...], update: dict[str, Any]) -> None:
-        group = next((n for n in namespace if n.startswith("processing")), None)
         for node, values in update.items():
             if not isinstance(values, dict):
                 continue
@@ -265,24 +266,6 @@ def _show_update(console: Console) -> Any:
             elif node == "group_files":
                 groups = values.get("groups", [])
                 console.print(f"• triage: {len(groups)} group(s) to process")
-            elif node == "gather" and group:
-                console.print(f"• group: read {values.get('files_read', 0)} file(s)")
-            elif node == "call_model" and group:
-                message = values["messages"][-1]
-                calls = len(getattr(message, "tool_calls", []) or [])
-                console.print(f"  model turn {values.get('turns')}: {calls} tool call(s)")
-
-    return show
-
-
-def _show_call(console: Console) -> Any:
-    def show(call: DeviceCall, result: DeviceResult, replayed: bool) -> None:
-        tool = DEVICE_TOOLS.get(call["name"])
-        if tool is None or tool.effect == "read":
-            return
-        label = call["args"].get("title") or call["args"].get("name") or ""
-        mark = "replayed" if replayed else ("ok" if result["ok"] else "failed")
-        console.print(f"    device: {call['name']} {label!r} ({mark})", style="dim")
 
     return show
 

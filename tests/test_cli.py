@@ -35,6 +35,8 @@ def test_run_twice_creates_everything_once(tmp_path: Path, workspace: Path) -> N
     assert first.returncode == 0, first.stderr
     assert "offline extractor" in first.stdout
     assert "scanned: 4 changed file(s)" in first.stdout  # progress while it works
+    # the progress bar: files processed of the total, chunks, model calls, records
+    assert "4/4 files · chunk 1/1 · 3 model calls, 17 created, 0 updated" in first.stdout
     assert "Run success" in first.stdout and "│ total     │      17 │" in first.stdout
     assert (tmp_path / ".relaygraph" / "relaygraph.db").exists(), "state on the embedded default"
 
