@@ -29,6 +29,7 @@ MAX_PARTS_PER_CHUNK = 60
 #: How far a part's window reaches past its boundaries to find whole lines, and how much of
 #: the previous part it shows as context.
 OVERLAP_CHARS = 1_000
+#: The smallest budget that holds the prompt, the tool specs and some text.
 MIN_PROMPT_TOKENS = 8_000
 
 
@@ -41,12 +42,14 @@ def fixed_tokens(data_types: tuple[str, ...] = DATA_TYPES) -> int:
 
 def files_budget(max_prompt_tokens: int, data_types: Sequence[str]) -> int:
     """Tokens of file text one request may carry."""
-    return int((max_prompt_tokens - fixed_tokens(tuple(data_types))) * FILES_SHARE)
+    room = max(max_prompt_tokens, MIN_PROMPT_TOKENS) - fixed_tokens(tuple(data_types))
+    return max(500, int(room * FILES_SHARE))
 
 
 def candidates_budget(max_prompt_tokens: int, data_types: Sequence[str]) -> int:
     """Tokens of matched existing records one request may carry."""
-    return int((max_prompt_tokens - fixed_tokens(tuple(data_types))) * CANDIDATES_SHARE)
+    room = max(max_prompt_tokens, MIN_PROMPT_TOKENS) - fixed_tokens(tuple(data_types))
+    return max(200, int(room * CANDIDATES_SHARE))
 
 
 def plan_chunks(

@@ -15,6 +15,8 @@ from rich.table import Table
 from checkpoints import StorageError
 from device import DeviceDatabaseError, LocalDevice
 from llm import load_chat_model
+from nodes.chunks import MIN_PROMPT_TOKENS
+from nodes.context import AgentContext
 from nodes.state import RunReport
 from relaygraph.local_run import default_context, run_local_agent
 from relaygraph.progress import RunProgress
@@ -22,6 +24,8 @@ from tools.catalog import DATA_TYPES
 
 DEFAULT_STATE = ".relaygraph/relaygraph.db"
 DEFAULT_ENTITIES = ".relaygraph/entities.db"
+PROMPT_TOKENS_ENV = "RELAYGRAPH_MAX_PROMPT_TOKENS"
+DEFAULT_PROMPT_TOKENS = AgentContext().max_prompt_tokens
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 NOT_A_FOLDER = "relaygraph: {path} is not a folder."
@@ -82,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
         default=[".md", ".txt"],
         metavar="EXT",
         help="file extensions to read (default: .md .txt)",
+    )
+    run.add_argument(
+        "--max-prompt-tokens",
+        type=_prompt_tokens,
+        default=None,
+        metavar="N",
+        help="tokens one model request may hold; work is chunked to fit "
+        f"(default: $RELAYGRAPH_MAX_PROMPT_TOKENS or {DEFAULT_PROMPT_TOKENS:,}, a 128k model)",
     )
     run.add_argument(
         "--state",
@@ -207,12 +219,30 @@ def _device(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _prompt_tokens(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number of tokens: {text!r}") from exc
+    if value < MIN_PROMPT_TOKENS:
+        raise argparse.ArgumentTypeError(
+            f"{value} tokens is too few: a request needs at least {MIN_PROMPT_TOKENS:,}"
+        )
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
     console = Console(highlight=False, soft_wrap=True)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     directory: Path = args.directory
     if not directory.is_dir():
         errors.print(NOT_A_FOLDER.format(path=directory))
+        return EXIT_BAD_INPUT
+    budget = args.max_prompt_tokens or os.environ.get(PROMPT_TOKENS_ENV)
+    try:
+        max_prompt_tokens = _prompt_tokens(str(budget or DEFAULT_PROMPT_TOKENS))
+    except argparse.ArgumentTypeError as exc:
+        errors.print(f"relaygraph: {PROMPT_TOKENS_ENV}: {exc}")
         return EXIT_BAD_INPUT
     state_url = args.state or os.environ.get("DATABASE_URL") or DEFAULT_STATE
     choice = load_chat_model()
@@ -224,6 +254,7 @@ def _run(args: argparse.Namespace) -> int:
         errors.print(f"relaygraph: {exc}")
         return EXIT_BAD_INPUT
     context = default_context(directory, args.data_types, args.extensions)
+    context.max_prompt_tokens = max_prompt_tokens
     try:
         with RunProgress(console) as progress:
             outcome = asyncio.run(

@@ -144,3 +144,21 @@ def test_unreachable_model_fails_clearly_and_the_run_continues_later(
 def test_help_lists_the_run_command() -> None:
     result = subprocess.run([str(RELAYGRAPH), "--help"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and "run" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (["--max-prompt-tokens", "100"], {}, "--max-prompt-tokens: 100 tokens is too few"),
+        ([], {"RELAYGRAPH_MAX_PROMPT_TOKENS": "lots"}, "RELAYGRAPH_MAX_PROMPT_TOKENS: not a"),
+    ],
+)
+def test_a_budget_too_small_or_not_a_number_is_bad_input(
+    tmp_path: Path, workspace: Path, args: list[str], env: dict[str, str], said: str
+) -> None:
+    result = relaygraph(tmp_path, "run", str(workspace), *args, env=env)
+    assert result.returncode == 2
+    assert said in result.stderr
+    assert not (tmp_path / ".relaygraph").exists() or not list(
+        (tmp_path / ".relaygraph").glob("entities.db")
+    ), "nothing was run"
