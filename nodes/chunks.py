@@ -160,17 +160,17 @@ def _split_to_fit(text: PartText, budget: int) -> list[PartText]:
     return [head, *_split_to_fit(tail, budget)]
 
 
-def passes(texts: Sequence[PartText], budget: int) -> list[list[int]]:
+def passes(texts: Sequence[PartText], budget: int) -> list[list[PartText]]:
     """The texts packed, in order, into passes whose file text fits `budget` tokens."""
-    packed: list[list[int]] = []
+    packed: list[list[PartText]] = []
     used = 0
-    for index, text in enumerate(texts):
+    for text in texts:
         tokens = count_tokens(text["content"]) + count_tokens(text["context"]) + 60
         if packed and used + tokens <= budget:
-            packed[-1].append(index)
+            packed[-1].append(text)
             used += tokens
         else:
-            packed.append([index])
+            packed.append([text])
             used = tokens
     return packed
 

@@ -87,10 +87,8 @@ def read_parts(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[s
         texts.append(text)
     texts = [t for t in texts if t["path"] not in failed]
     budget = files_budget(context.max_prompt_tokens, context.data_types)
-    texts = fit_parts(texts, budget)
     return {
-        "texts": texts,
-        "passes": passes(texts, budget),
+        "pending": passes(fit_parts(texts, budget), budget),
         "current": 0,
         "failed": [FileFailure(path=p, error=e) for p, e in failed.items()],
     }
@@ -98,7 +96,7 @@ def read_parts(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[s
 
 def route_read(state: ProcessingState) -> Literal["find_candidates", "record_outcome"]:
     """A chunk none of whose parts could be read costs no model call."""
-    return "find_candidates" if state.get("passes") else "record_outcome"
+    return "find_candidates" if state.get("pending") else "record_outcome"
 
 
 def find_candidates(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -106,7 +104,7 @@ def find_candidates(state: ProcessingState, runtime: Runtime[AgentContext]) -> d
     project), in one device round trip, and open the pass's conversation with them."""
     context = runtime.context
     chunk = state["chunk"]
-    pass_texts = _pass_texts(state)
+    pass_texts = state["pending"][0]
     scope = f"c{chunk['index']}.p{state.get('current', 0)}"
     project = None if chunk["key"] == STANDALONE else chunk["key"]
     found = Extracted()
@@ -149,7 +147,7 @@ def find_candidates(state: ProcessingState, runtime: Runtime[AgentContext]) -> d
         result = results[call["id"]]
         if not result["ok"]:
             error = SEARCH_FAILED.format(data_type=data_type, error=result.get("error"))
-            return _fail_pass(state, error)
+            return _fail_pass(state, error, pass_texts)
         page = result.get("result")
         items = page.get("items", []) if isinstance(page, dict) else []
         existing[data_type].extend(i for i in items if isinstance(i, dict))
@@ -158,6 +156,8 @@ def find_candidates(state: ProcessingState, runtime: Runtime[AgentContext]) -> d
         existing, candidates_budget(context.max_prompt_tokens, context.data_types)
     )
     return {
+        "pending": state["pending"][1:],
+        "pass_files": list(dict.fromkeys(t["path"] for t in pass_texts)),
         "messages": Overwrite(
             _conversation(state, context, pass_texts, existing, left_out or more)
         ),
@@ -166,11 +166,6 @@ def find_candidates(state: ProcessingState, runtime: Runtime[AgentContext]) -> d
         "failure": None,
         "pass_failed": False,
     }
-
-
-def _pass_texts(state: ProcessingState) -> list[PartText]:
-    texts = state.get("texts", [])
-    return [texts[i] for i in state["passes"][state.get("current", 0)]]
 
 
 def _within(
@@ -241,10 +236,12 @@ def _file_view(text: PartText) -> dict[str, Any]:
     return view
 
 
-def _fail_pass(state: ProcessingState, error: str) -> dict[str, Any]:
+def _fail_pass(state: ProcessingState, error: str, texts: list[PartText]) -> dict[str, Any]:
     """A pass that cannot run: its files are failed (retried next run), nothing is written."""
-    files = dict.fromkeys(t["path"] for t in _pass_texts(state))
+    files = dict.fromkeys(t["path"] for t in texts)
     return {
+        "pending": state["pending"][1:],
+        "pass_files": list(files),
         "messages": Overwrite([]),
         "failure": error,
         "pass_failed": True,
@@ -309,7 +306,7 @@ def record_pass(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[
     tally["summary"] = last.text if isinstance(last, AIMessage) else ""
     update: dict[str, Any] = {"tallies": [tally], "current": state.get("current", 0) + 1}
     if errors and not state.get("pass_failed"):
-        files = dict.fromkeys(t["path"] for t in _pass_texts(state))
+        files = dict.fromkeys(state.get("pass_files", []))
         update["failed"] = [FileFailure(path=p, error=errors[0]) for p in files]
     return update
 
@@ -324,11 +321,7 @@ def _is_existing(message: ToolMessage) -> bool:
 
 def route_pass(state: ProcessingState) -> Literal["find_candidates", "record_outcome"]:
     """On to the next pass while there is one."""
-    return (
-        "find_candidates"
-        if state.get("current", 0) < len(state.get("passes", []))
-        else "record_outcome"
-    )
+    return "find_candidates" if state.get("pending") else "record_outcome"
 
 
 def record_outcome(state: ProcessingState) -> dict[str, Any]:

@@ -189,9 +189,9 @@ class ProcessingInput(TypedDict):
 class ProcessingState(ProcessingInput, total=False):
     """The reads of one chunk, then a tool loop per pass over the texts that fit."""
 
-    texts: list[PartText]
-    passes: list[list[int]]
-    current: int  # the pass under way
+    pending: list[list[PartText]]  # the passes not begun: each pass's texts leave the state
+    current: int  # the pass under way     # as its conversation, which holds them, begins
+    pass_files: list[str]
     failed: Annotated[list[FileFailure], operator.add]
     pass_failed: bool
     scope: str

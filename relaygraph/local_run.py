@@ -20,6 +20,10 @@ from nodes.context import AgentContext
 from nodes.state import RunReport
 from relaygraph import runner
 
+#: A checkpoint as the graph returns (each device round trip, and the end), as the server's
+#: default: a checkpoint after every step stored each chunk's texts a dozen times over.
+DURABILITY: runner.Durability = "exit"
+
 
 @dataclass(frozen=True)
 class LocalRun:
@@ -64,6 +68,7 @@ async def run_local_agent(
                 device=device,
                 on_update=on_update,
                 on_progress=on_progress,
+                durability=DURABILITY,
             )
             resumed = True
         else:
@@ -79,6 +84,7 @@ async def run_local_agent(
                 device=device,
                 on_update=on_update,
                 on_progress=on_progress,
+                durability=DURABILITY,
             )
             resumed = False
         report = cast(RunReport, values["report"])

@@ -2,11 +2,15 @@
 
 The order is the bridge's: the graph runs until it returns with an interrupt (the pause is
 checkpointed by then, `durability="sync"`), and only then are the calls handed to the
-device (invariant 3); the answers resume the graph, keyed by interrupt id.
+device (invariant 3); the answers resume the graph, keyed by interrupt id. The local agent
+runs with `durability="exit"` (`relaygraph run`): the checkpoint is written as the graph
+returns, as the server's default does; a process killed between two round trips redoes the
+steps since the last one, model calls included, and no device call, since every device
+call's id was checkpointed with the pause that sent it.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
@@ -17,6 +21,7 @@ from nodes.bridge import DeviceCall, DeviceResult, is_device_request
 UNKNOWN_THREAD = "No run is stored for thread {thread_id}; there is nothing to resume."
 NOT_A_DEVICE_CALL = "The run is waiting for something other than a device call: {value!r}"
 RECURSION_LIMIT = 200
+Durability = Literal["sync", "async", "exit"]
 
 Update = Callable[[tuple[str, ...], dict[str, Any]], None]
 Progress = Callable[[dict[str, Any]], None]
@@ -49,10 +54,13 @@ async def start(
     device: Device,
     on_update: Update | None = None,
     on_progress: Progress | None = None,
+    durability: Durability = "sync",
 ) -> dict[str, Any]:
     """Run a new thread to its end; returns the final state values. `on_update` sees each
     node's update, `on_progress` each event of the graphs' custom stream."""
-    return await _drive(graph, thread_id, graph_input, context, device, on_update, on_progress)
+    return await _drive(
+        graph, thread_id, graph_input, context, device, on_update, on_progress, durability
+    )
 
 
 async def resume(
@@ -63,6 +71,7 @@ async def resume(
     device: Device,
     on_update: Update | None = None,
     on_progress: Progress | None = None,
+    durability: Durability = "sync",
 ) -> dict[str, Any]:
     """Continue a stored thread from its last checkpoint: redeliver pending calls, or
     re-run the step that was under way when the process died."""
@@ -72,7 +81,9 @@ async def resume(
     if not snapshot.next:
         return dict(snapshot.values)
     payload = await answer_interrupts(snapshot, device)
-    return await _drive(graph, thread_id, payload, context, device, on_update, on_progress)
+    return await _drive(
+        graph, thread_id, payload, context, device, on_update, on_progress, durability
+    )
 
 
 async def answer_interrupts(snapshot: StateSnapshot, device: Device) -> Command | None:
@@ -101,6 +112,7 @@ async def _drive(
     device: Device,
     on_update: Update | None,
     on_progress: Progress | None,
+    durability: Durability,
 ) -> dict[str, Any]:
     config = thread_config(thread_id)
     while True:
@@ -108,7 +120,7 @@ async def _drive(
             payload,
             config,
             context=context,
-            durability="sync",
+            durability=durability,
             stream_mode=["updates", "custom"],
             subgraphs=True,
         ):
