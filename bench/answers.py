@@ -20,21 +20,13 @@ docs/benchmarks.md ("Storing answers").
 
 import argparse
 import asyncio
-import os
-import platform
-import shlex
-import sqlite3
 import statistics
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 
+from bench.common import databases, preamble
 from checkpoints import Database, open_database
 from server.locks import ThreadLocks
 from server.repository import Repository
@@ -119,30 +111,6 @@ async def measure(url: str, size: int, *, answers: int) -> list[Measurement]:
         return measured
 
 
-@contextmanager
-def databases(backends: Sequence[str]) -> Iterator[dict[str, Callable[[], str]]]:
-    """A fresh database URL per call, for each backend asked for."""
-    with tempfile.TemporaryDirectory(prefix="bench-answers-") as workdir:
-        urls: dict[str, Callable[[], str]] = {
-            "sqlite": lambda: str(Path(workdir) / f"{uuid.uuid4().hex[:8]}.db")
-        }
-        given = os.environ.get("DATABASE_URL")
-        if "postgres" not in backends or given:
-            if given:
-                urls["postgres"] = lambda: given
-            yield urls
-            return
-        from tests.support.postgres import PostgresCluster
-
-        cluster = PostgresCluster()
-        cluster.start()
-        try:
-            urls["postgres"] = cluster.create_database
-            yield urls
-        finally:
-            cluster.stop()
-
-
 def table(results: Sequence[Measurement]) -> str:
     """backend | path | open calls | ms per answer | ratio to the smallest size."""
     lines = [
@@ -158,28 +126,11 @@ def table(results: Sequence[Measurement]) -> str:
 
 
 def report(results: Sequence[Measurement], args: argparse.Namespace) -> str:
-    command = shlex.join([".venv/bin/python", "-m", "bench.answers", *args.argv])
-    postgres = (
-        "`DATABASE_URL`"
-        if os.environ.get("DATABASE_URL")
-        else "a throwaway local cluster (tests.support.postgres, TCP loopback, `fsync=off`)"
+    runs = (
+        f"{args.answers} answers timed per run after {WARMUP} untimed, {args.repeats} runs per "
+        "size and way, each on a fresh database"
     )
-    machine = (
-        f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
-        f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}; load average at the "
-        f"end {', '.join(f'{x:.2f}' for x in os.getloadavg())}"
-    )
-    return "\n".join(
-        [
-            f"- Command: `{command}`",
-            f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-            f"- Machine: {machine}",
-            f"- Answers: {args.answers} timed per run after {WARMUP} untimed, {args.repeats} "
-            f"runs per size and way, each on a fresh database; Postgres: {postgres}",
-            "",
-            table(results),
-        ]
-    )
+    return "\n".join([*preamble("bench.answers", args.argv, runs), "", table(results)])
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -57,7 +57,7 @@ from checkpoints.factory import open_checkpointer
 from graphs.processing import build as build_processing
 from llm.offline import ToolBindingChatModel
 from nodes.context import AgentContext
-from nodes.state import STANDALONE, ProcessingInput
+from nodes.state import STANDALONE, Chunk, Part, ProcessingInput
 
 Backend = Literal["memory", "sqlite", "postgres"]
 Side = Literal["baseline", "relaygraph"]
@@ -112,20 +112,27 @@ class Loop:
     graph: Pregel[Any, Any, Any, Any]
     graph_input: Any
     context: Any
-    setup_resumes: int  # resumes before the loop proper (the processing graph's `gather`)
+    setup_resumes: int  # resumes before the loop proper (the processing graph's read, lookup)
 
 
 def processing_loop(saver: BaseCheckpointSaver) -> Loop:
-    """The processing subgraph over one group of one file, with an endless tool loop."""
+    """The processing subgraph over a chunk of one file, with an endless tool loop (its read
+    and its lookup of existing records are the two resumes before it)."""
     graph = build_processing(EndlessToolCaller()).copy(update={"checkpointer": saver})
     graph_input = ProcessingInput(
         run_key=f"bench-{uuid.uuid4().hex[:8]}",
-        group_index=0,
-        group={"key": STANDALONE, "files": [f"{NOTES_DIR}/plan.md"]},
-        projects=[],
+        chunk=Chunk(
+            key=STANDALONE,
+            index=0,
+            parts=[
+                Part(
+                    path=f"{NOTES_DIR}/plan.md", root=NOTES_DIR, part=1, parts=1, offset=0, length=0
+                )
+            ],
+        ),
     )
     context = AgentContext(directory_paths=[NOTES_DIR], max_processing_steps=1_000_000)
-    return Loop(graph, graph_input, context, setup_resumes=1)
+    return Loop(graph, graph_input, context, setup_resumes=2)
 
 
 class BaselineState(TypedDict):

@@ -7,7 +7,9 @@ A request is counted as the JSON the OpenAI wire format carries (every message, 
 tool calls and ids, and the tool specs), which over-counts what the API itself counts.
 """
 
+import hashlib
 import json
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,15 +59,46 @@ def tokenizer_name() -> str:
     return ENCODING if _encoder() is not None else "estimate"
 
 
-def count_message(message: BaseMessage) -> int:
-    """One message as the wire format carries it, with the API's per-message overhead."""
+#: Counts made before, by digest (a tool loop counts its whole conversation before every
+#: turn, and all but the newest messages were counted the turn before); the oldest go first
+#: past the bound. Keyed by digest so the cache holds no texts.
+_COUNTED: dict[bytes, int] = {}
+_COUNTED_MAX = 16_384
+_COUNTED_LOCK = threading.Lock()  # sync nodes count from LangGraph's worker threads
+
+
+def _once(key: str, count: Callable[[], int]) -> int:
+    """`count()`, or what it gave for the same `key` before."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    with _COUNTED_LOCK:
+        known = _COUNTED.get(digest)
+    if known is not None:
+        return known
+    tokens = count()
+    with _COUNTED_LOCK:
+        if len(_COUNTED) >= _COUNTED_MAX:
+            del _COUNTED[next(iter(_COUNTED))]
+        _COUNTED[digest] = tokens
+    return tokens
+
+
+def _count_wire(message: BaseMessage) -> int:
     wire = _convert_message_to_dict(message)
-    return count_tokens(json.dumps(wire, ensure_ascii=False, default=str)) + MESSAGE_OVERHEAD
+    return count_tokens(json.dumps(wire, ensure_ascii=False, default=str))
+
+
+def count_message(message: BaseMessage) -> int:
+    """One message as the wire format carries it, with the API's per-message overhead.
+    Keyed by the message's whole serialization (a superset of what is sent): converting
+    it to the wire format costs more than the lookup."""
+    key = message.model_dump_json(fallback=str)
+    return _once(key, lambda: _count_wire(message)) + MESSAGE_OVERHEAD
 
 
 def count_request(messages: Sequence[BaseMessage], tools: Sequence[Any] = ()) -> int:
     """The prompt tokens of one request: its messages and the specs of the tools bound."""
     total = sum(count_message(m) for m in messages) + REPLY_PRIMING
     if tools:
-        total += count_tokens(json.dumps(list(tools), ensure_ascii=False, default=str))
+        specs = json.dumps(list(tools), ensure_ascii=False, default=str)
+        total += _once(specs, lambda: count_tokens(specs))
     return total

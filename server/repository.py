@@ -10,6 +10,7 @@ import json
 import secrets
 import sqlite3
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -172,12 +173,33 @@ RUNS_TO_RECOVER = (
 
 # ── Device outbox and inbox ───────────────────────────────────────────────────
 
-INSERT_CALL = (
-    "INSERT INTO device_calls (call_id, run_id, thread_id, interrupt_id, user_id, device_id, "
-    "name, args, seq, created_at, pushed_at) SELECT ?, run_id, ?, ?, ?, ?, ?, ?, ?, ?, ? "
-    "FROM runs WHERE run_id = ? AND status IN ('pending', 'running', 'interrupted') "
-    "ON CONFLICT (call_id) DO NOTHING"
-)
+#: A park's calls, inserted by one statement whatever their number (the batch as arrays: a
+#: statement per call, or a row of parameters each, grows past Postgres's 65,535 parameters
+#: at ~6,000 calls and plans in time quadratic in them), and only while the run is live.
+#: Params: device id, created at, pushed at, then the interrupt ids, call ids, names and
+#: args (JSON text) as parallel arrays (a JSON array of 4-element arrays on SQLite), the run.
+INSERT_CALLS = {
+    "postgres": (
+        "INSERT INTO device_calls (call_id, run_id, thread_id, interrupt_id, user_id, "
+        "device_id, name, args, seq, created_at, pushed_at) "
+        "SELECT c.call_id, r.run_id, r.thread_id, c.interrupt_id, r.user_id, ?, c.name, "
+        "c.args, c.seq - 1, ?, ? "
+        "FROM runs r, unnest(?::text[], ?::text[], ?::text[], ?::text[]) WITH ORDINALITY "
+        "AS c (interrupt_id, call_id, name, args, seq) "
+        "WHERE r.run_id = ? AND r.status IN ('pending', 'running', 'interrupted') "
+        "ON CONFLICT (call_id) DO NOTHING"
+    ),
+    "sqlite": (
+        "INSERT INTO device_calls (call_id, run_id, thread_id, interrupt_id, user_id, "
+        "device_id, name, args, seq, created_at, pushed_at) "
+        "SELECT json_extract(c.value, '$[1]'), r.run_id, r.thread_id, "
+        "json_extract(c.value, '$[0]'), r.user_id, ?, json_extract(c.value, '$[2]'), "
+        "json_extract(c.value, '$[3]'), c.key, ?, ? "
+        "FROM runs r, json_each(?) c "
+        "WHERE r.run_id = ? AND r.status IN ('pending', 'running', 'interrupted') "
+        "ON CONFLICT (call_id) DO NOTHING"
+    ),
+}
 CALL_COLUMNS = "c.call_id, c.run_id, c.thread_id, c.interrupt_id, c.device_id, c.name, c.args"
 PENDING_FOR_DEVICE = (
     f"SELECT {CALL_COLUMNS}, r.assistant_id FROM device_calls c JOIN runs r ON r.run_id = c.run_id "
@@ -199,7 +221,14 @@ UNPUSHED_FOR_DEVICE = (
     "AND NOT EXISTS (SELECT 1 FROM device_inbox i WHERE i.call_id = c.call_id) "
     "ORDER BY c.created_at, c.seq"
 )
-MARK_PUSHED = "UPDATE device_calls SET pushed_at = ? WHERE call_id = ?"
+#: The calls just sent, marked in one statement (params: the time, the call ids: an array on
+#: Postgres, a JSON array on SQLite).
+MARK_PUSHED = {
+    "postgres": "UPDATE device_calls SET pushed_at = ? WHERE call_id = ANY(?::text[])",
+    "sqlite": (
+        "UPDATE device_calls SET pushed_at = ? WHERE call_id IN (SELECT value FROM json_each(?))"
+    ),
+}
 SELECT_CALL = "SELECT call_id, run_id, user_id, device_id, done FROM device_calls WHERE call_id = ?"
 #: A call found by its id alone, as `dc` (params: the call id), for `OF_DEVICE` to check: the
 #: `LIMIT 1` (an id has one row) keeps Postgres from folding the user and the device into the
@@ -694,25 +723,14 @@ class Repository:
         statements: list[tuple[str, tuple[Any, ...]]] = []
         if resumed:
             statements += [(CLOSE_OPEN_CALLS, (run_id,)), (DELETE_RUN_INBOX, (run_id,))]
-        statements += [
-            (
-                INSERT_CALL,
-                (
-                    call_id,
-                    run["thread_id"],
-                    interrupt_id,
-                    run["user_id"],
-                    device_id,
-                    name,
-                    json.dumps(args),
-                    seq,
-                    stamp,
-                    stamp if pushed else None,
-                    run_id,
-                ),
-            )
-            for seq, (interrupt_id, call_id, name, args) in enumerate(calls)
-        ]
+        rows = [(i, c, name, json.dumps(args)) for i, c, name, args in calls]
+        batch: tuple[Any, ...]
+        if self.db.kind == "postgres":  # four parallel arrays
+            batch = tuple([row[k] for row in rows] for k in range(4))
+        else:  # one JSON array of rows
+            batch = (json.dumps(rows),)
+        insert = (device_id, stamp, stamp if pushed else None, *batch, run_id)
+        statements.append((INSERT_CALLS[self.db.kind], insert))
         statements.append((PARK_RUN, (stamp, run_id)))
         if self.db.kind == "postgres":
             statements = [one_statement(statements)]
@@ -769,8 +787,9 @@ class Repository:
         rows = await self.db.fetch(UNPUSHED_FOR_DEVICE, user_id, device_id)
         return [_call(r) for r in rows]
 
-    async def mark_pushed(self, call_id: str) -> None:
-        await self.db.execute((MARK_PUSHED, (now(), call_id)))
+    async def mark_pushed(self, call_ids: Sequence[str]) -> None:
+        ids = list(call_ids) if self.db.kind == "postgres" else json.dumps(list(call_ids))
+        await self.db.execute((MARK_PUSHED[self.db.kind], (now(), ids)))
 
     async def pending_for_run(self, run_id: str) -> list[PendingCall]:
         return [_call(r) for r in await self.db.fetch(PENDING_FOR_RUN, run_id)]

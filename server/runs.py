@@ -435,26 +435,30 @@ class RunManager:
         unanswered = await self.repo.pending_for_run(run["run_id"])
         if not unanswered:  # every answer was already in
             self.enqueue(run["run_id"], run["thread_id"])
-        for pending_call in unanswered:
-            await self.push(run["user_id"], pending_call)
+        await self.push(run["user_id"], unanswered)
 
     def _any_device(self, user_id: str) -> str | None:
         connected = self.hub.connected_devices(user_id)
         return connected[0] if connected else None
 
-    async def push(self, user_id: str, call: PendingCall) -> bool:
-        frame = ToolCallFrame(
-            id=call.call_id,
-            name=call.name,
-            args=call.args,
-            run_context=RunContext(
-                run_id=call.run_id, thread_id=call.thread_id, assistant_id=call.assistant_id
-            ),
-        )
-        sent = await self.hub.send(user_id, call.device_id, frame)
+    async def push(self, user_id: str, calls: Sequence[PendingCall]) -> int:
+        """Send calls to their devices where connected here, then mark those sent as pushed
+        in one statement; returns how many were sent."""
+        sent: list[str] = []
+        for call in calls:
+            frame = ToolCallFrame(
+                id=call.call_id,
+                name=call.name,
+                args=call.args,
+                run_context=RunContext(
+                    run_id=call.run_id, thread_id=call.thread_id, assistant_id=call.assistant_id
+                ),
+            )
+            if await self.hub.send(user_id, call.device_id, frame):
+                sent.append(call.call_id)
         if sent:
-            await self.repo.mark_pushed(call.call_id)
-        return sent
+            await self.repo.mark_pushed(sent)
+        return len(sent)
 
     async def _progress_to_device(self, run: dict[str, Any], data: Mapping[str, Any]) -> None:
         device_id = run["device_id"] or self._any_device(run["user_id"])

@@ -115,10 +115,10 @@ class Scheduler:
             until = iso(now + timedelta(seconds=self.presence_ttl))
             for user_id, device_id in self.hub.connected():
                 await self.runs.repo.set_online(user_id=user_id, device_id=device_id, until=until)
-                for call in await self.runs.repo.unpushed_for_device(
+                unpushed = await self.runs.repo.unpushed_for_device(
                     user_id=user_id, device_id=device_id
-                ):
-                    await self.runs.push(user_id, call)
+                )
+                await self.runs.push(user_id, unpushed)
             fired = await self._fire_due(now)
             for run_id in fired:
                 self.runs.enqueue(run_id)

@@ -16,11 +16,18 @@ import pytest
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_openai import ChatOpenAI
+from langchain_openai.chat_models.base import _convert_message_to_dict
 
 import nodes.triage
 from device import LocalDevice
 from llm import load_chat_model
-from llm.tokens import count_request, count_tokens, estimate_tokens
+from llm.tokens import (
+    MESSAGE_OVERHEAD,
+    count_message,
+    count_request,
+    count_tokens,
+    estimate_tokens,
+)
 from nodes.bridge import DeviceCall, DeviceResult
 from nodes.context import AgentContext
 from nodes.payloads import GROUP_KIND
@@ -286,6 +293,18 @@ def test_the_budget_count_over_counts_what_the_api_counts() -> None:
     ]
     payload = model._get_request_payload(messages, tools=specs)
     assert count_request(messages, specs) >= prompt_tokens(payload)
+
+
+
+def test_a_message_changed_under_its_id_is_counted_again() -> None:
+    """Counts are remembered per message (a loop counts its conversation every turn); a tool
+    result left out keeps its message id, and must be counted as what is sent now."""
+    result = ToolMessage(SAMPLE * 20, tool_call_id="c1", id="m1")
+    stub = result.model_copy(update={"content": "(left out)"})
+    assert count_message(result) == count_message(result.model_copy())
+    assert count_message(stub) < count_message(result) // 10
+    wire = json.dumps(_convert_message_to_dict(stub))
+    assert count_message(stub) == count_tokens(wire) + MESSAGE_OVERHEAD
 
 
 SAMPLE = "\n".join(

@@ -59,8 +59,7 @@ async def connect(socket: WebSocket) -> None:
             user_id=connection.user_id, device_id=connection.device_id
         )
         await connection.send(HelloOk(device_id=connection.device_id, pending=len(pending)))
-        for call in pending:
-            await svc.runs.push(connection.user_id, call)
+        await svc.runs.push(connection.user_id, pending)
         if svc.scheduler is not None:  # overdue schedules of this device fire now
             await svc.scheduler.device_connected(connection.user_id, connection.device_id)
         await _answers(socket, svc, connection)
