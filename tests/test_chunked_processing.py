@@ -295,7 +295,6 @@ def test_the_budget_count_over_counts_what_the_api_counts() -> None:
     assert count_request(messages, specs) >= prompt_tokens(payload)
 
 
-
 def test_a_message_changed_under_its_id_is_counted_again() -> None:
     """Counts are remembered per message (a loop counts its conversation every turn); a tool
     result left out keeps its message id, and must be counted as what is sent now."""

@@ -61,7 +61,7 @@ async def test_a_batch_past_the_parameter_limit_parks_whole(database_url: str) -
         assert {c.interrupt_id for c in pending} == {"i1"}
         assert len(await repo.unpushed_for_device(user_id=USER, device_id=DEVICE)) == LARGE
 
-        await repo.mark_pushed([c.call_id for c in pending[:LARGE // 2]])
+        await repo.mark_pushed([c.call_id for c in pending[: LARGE // 2]])
         unpushed = await repo.unpushed_for_device(user_id=USER, device_id=DEVICE)
         assert [c.call_id for c in unpushed] == [c.call_id for c in pending[LARGE // 2 :]]
 

@@ -528,3 +528,96 @@ async def test_one_run_record_spans_the_whole_job(stack: Stack, how: str) -> Non
         if waiting is not None and not waiting.done():
             waiting.cancel()
             await asyncio.gather(waiting, return_exceptions=True)
+
+
+# ── 5. A chunked run: the server killed between chunks' device batches ───────
+
+#: Files and TODO lines of the chunked tree; at `CHUNKED_BUDGET` tokens it needs many chunks.
+NOTES, TODOS = 16, 10
+CHUNKED_BUDGET = 8_000
+
+
+def chunked_tree(root: Path) -> set[str]:
+    """A client folder of notes with TODO lines of their own; the task titles they make."""
+    notes = root / "Acme" / "notes"
+    notes.mkdir(parents=True)
+    prose = "We went over the plan again and agreed to keep the scope as it is. " * 6
+    expected = set()
+    for i in range(NOTES):
+        todos = [f"Acme follow-up {i}-{j}" for j in range(TODOS)]
+        expected |= set(todos)
+        body = [f"# Meeting {i}", prose, *(f"TODO: {t}" for t in todos)]
+        (notes / f"meeting-{i:02}.md").write_text("\n".join(body) + "\n")
+    return expected
+
+
+async def test_server_killed_mid_chunked_run_and_restarted(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Chunks run side by side, each its own read, lookup and writes, their calls parked
+    together. The server is killed inside the first model call made after creates ran (the
+    step that consumes their results); restarted, it runs that step again and finishes the
+    run: every file processed, every TODO a task exactly once, no device call run twice."""
+    root = tmp_path / "tree"
+    expected = chunked_tree(root)
+    with contextlib.closing(Stack(tmp_path, root, database_url)) as stack:
+        server = stack.start_server(fake_model=True)
+        assert stack.fake is not None
+        device = stack.start_device()
+        await devices_connected(stack, 1)
+        client = stack.client()
+        assistant = await client.assistants.create(
+            graph_id="local_agent",
+            context={
+                "directory_paths": [str(root)],
+                "device_id": DEVICE,
+                "max_prompt_tokens": CHUNKED_BUDGET,
+            },
+        )
+        thread_id = (await client.threads.create())["thread_id"]
+        run = await client.runs.create(thread_id, assistant["assistant_id"], input={})
+
+        def creates() -> list[str]:
+            return [c for c, name in stack.executed().items() if name == "create_task"]
+
+        # Hold processing calls one after another until one arrives after creates ran.
+        while True:
+            hold = stack.fake.hold(when=PROCESSING)
+            await arrived(stack, hold, "a processing model call")
+            if creates():
+                break
+            hold.release()
+        created_before = creates()
+        run_now = await client.runs.get(thread_id, run["run_id"])
+        assert run_now["status"] == "running", run_now  # inside the step after the creates
+        server.kill()
+        hold.release()  # answered into a dead socket
+
+        server.start()
+        client = stack.client()
+        values = await bounded(stack, "runs.join", client.runs.join(thread_id, run["run_id"]))
+        report = values["report"]
+        context = f"{report}\n{stack.logs()}"
+        assert report["status"] == "success", context
+        assert report["chunks"] > 3, context
+        assert report["files_processed"] == report["files_scanned"] == NOTES, context
+        assert report["failed_files"] == [], context
+        assert device.starts == 1
+
+        local = LocalDevice([root], stack.entities)
+        try:
+            tasks = Counter(str(r["title"]) for r in local.rows("tasks"))
+            projects = Counter(str(r["name"]) for r in local.rows("projects"))
+        finally:
+            local.close()
+        assert set(tasks) == expected and max(tasks.values()) == 1, tasks
+        assert projects == Counter({"Acme": 1}), projects
+        assert report["created"]["tasks"] == len(expected), context
+        ran = Counter(
+            call_id
+            for log in stack.device_logs()
+            for how, _, call_id in EXECUTION.findall(log)
+            if how == "ran"
+        )
+        assert ran and max(ran.values()) == 1, f"a device call ran twice\n{context}"
+        assert set(created_before) <= set(ran)
