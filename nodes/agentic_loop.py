@@ -18,11 +18,13 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 from pydantic import ValidationError
 
+from llm.tokens import count_request
 from nodes import prompts
 from nodes.context import AgentContext, AgentNode
 from nodes.state import (
@@ -40,6 +42,10 @@ from nodes.tool_loop import last_turn, wants_device
 EMPTY_TASK = "The task is empty."
 BAD_MAX_STEPS = "max_steps must be at least 1, got {value}."
 INVALID_PLAN = "The model gave no usable plan: {error}"
+TASK_TOO_LONG = (
+    "The task is too long to plan: its request is {tokens} tokens, over the prompt budget of "
+    "{budget} (max_prompt_tokens)."
+)
 EMPTY_PLAN = "The model's plan has no steps."
 NO_PLAN_CALL = "the answer did not call {tool}"
 BUDGET_USED = "The step was not finished within {turns} model turns."
@@ -82,9 +88,14 @@ def plan_node(model: BaseChatModel) -> AgentNode[AgenticState]:
             tool_name=Plan.__name__,
             user_instructions=prompts.user_instructions(runtime.context.prompt_template),
         )
-        request = prompts.PLAN_REQUEST.format(task=task)
+        messages = [SystemMessage(system), HumanMessage(prompts.PLAN_REQUEST.format(task=task))]
+        tokens = count_request(messages, [convert_to_openai_tool(Plan)])
+        if tokens > runtime.context.max_prompt_tokens:
+            budget = runtime.context.max_prompt_tokens
+            error = TASK_TOO_LONG.format(tokens=tokens, budget=budget)
+            return {**started, "plan_error": error, "plan": []}
         try:
-            answer = await planner.ainvoke([SystemMessage(system), HumanMessage(request)])
+            answer = await planner.ainvoke(messages)
         except (OutputParserException, ValidationError) as exc:
             return {**started, "plan_error": INVALID_PLAN.format(error=exc), "plan": []}
         if not isinstance(answer, Plan):

@@ -18,7 +18,7 @@ from checkpoints import open_checkpointer
 from device import LocalDevice
 from graphs import agentic_loop
 from llm import load_chat_model
-from nodes.agentic_loop import EMPTY_PLAN
+from nodes.agentic_loop import EMPTY_PLAN, TASK_TOO_LONG
 from nodes.context import AgentContext
 from relaygraph import runner
 from tests.conftest import REPO
@@ -166,6 +166,20 @@ async def test_an_empty_or_invalid_plan_fails_the_run_with_the_reason(
     assert outcome["status"] == "failed"
     assert reason in outcome["summary"] and reason in (outcome["error"] or "")
     assert [e["event"] for e in events] == ["task_complete"]
+
+
+async def test_a_task_over_the_prompt_budget_fails_before_any_model_call(
+    workspace: Path, device: LocalDevice
+) -> None:
+    """The plan request carries the task whole; one that cannot fit is refused by the run,
+    with the budget named, instead of sent for the model server to refuse."""
+    model = ScriptedChatModel(script=[plan("never asked")])
+    task = "Sort out the quarterly reports and chase every open invoice. " * 12_000
+    outcome, _ = await run_loop("memory", model, device, workspace, {"task": task})
+    assert outcome["status"] == "failed"
+    assert TASK_TOO_LONG.split(":")[0] in (outcome["error"] or ""), outcome
+    assert "max_prompt_tokens" in outcome["error"]
+    assert model.calls == []
 
 
 async def test_a_model_exception_in_a_step_is_adapted(workspace: Path, device: LocalDevice) -> None:
