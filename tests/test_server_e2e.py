@@ -16,6 +16,7 @@ Kill points are reached deterministically, never by timing:
 
 import asyncio
 import contextlib
+import os
 import re
 import sqlite3
 from collections import Counter
@@ -28,7 +29,7 @@ from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
 from device import LocalDevice
-from tests.support.fake_openai import PROCESSING, FakeOpenAI, Hold
+from tests.support.fake_openai import PROCESSING, TRIAGE, FakeOpenAI, Hold
 from tests.support.processes import DeviceProcess, ServerProcess, clean_env
 from tests.support.tcp_relay import TcpRelay
 from tests.support.waiting import until
@@ -621,3 +622,52 @@ async def test_server_killed_mid_chunked_run_and_restarted(
         )
         assert ran and max(ran.values()) == 1, f"a device call ran twice\n{context}"
         assert set(created_before) <= set(ran)
+
+
+# ── 6. A file that could not be read is retried by the assistant's next run ──
+
+
+async def test_a_file_that_failed_is_retried_by_the_next_run(stack: Stack) -> None:
+    """The file is deleted between the scan and its read, so the first run cannot process
+    it; put back with its old modification time, it is unchanged for the next run's scan,
+    and that run processes it all the same (the assistant's retry ledger), and only it."""
+    stack.start_server(fake_model=True)
+    assert stack.fake is not None
+    stack.start_device()
+    await devices_connected(stack, 1)
+    client = stack.client()
+    assistant = await client.assistants.create(
+        graph_id="local_agent",
+        context={"directory_paths": [str(stack.workspace)], "device_id": DEVICE},
+    )
+    thread_id = (await client.threads.create())["thread_id"]
+    victim = sorted(p for p in stack.workspace.rglob("*.md"))[0]
+    kept, stat = victim.read_bytes(), victim.stat()
+
+    hold = stack.fake.hold(when=TRIAGE)
+    first = await client.runs.create(thread_id, assistant["assistant_id"], input={})
+    await arrived(stack, hold, "the triage model call (the scan is done)")
+    victim.unlink()
+    hold.release()
+    values = await bounded(stack, "runs.join", client.runs.join(thread_id, first["run_id"]))
+    report = values["report"]
+    assert report["status"] == "partial", f"{report}\n{stack.logs()}"
+    assert [f["path"] for f in report["failed_files"]] == [str(victim)], report
+
+    victim.write_bytes(kept)
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = await client.runs.create(thread_id, assistant["assistant_id"], input={})
+    values = await bounded(stack, "runs.join", client.runs.join(thread_id, second["run_id"]))
+    report = values["report"]
+    assert report["status"] == "success", f"{report}\n{stack.logs()}"
+    assert report["retried"] == [str(victim)], report
+    assert report["files_processed"] == 1 and report["failed_files"] == [], report
+
+    third = await client.runs.create(thread_id, assistant["assistant_id"], input={})
+    values = await bounded(stack, "runs.join", client.runs.join(thread_id, third["run_id"]))
+    assert values["report"]["files_processed"] == 0, "retried once, then done"
+    local = LocalDevice([stack.workspace], stack.entities)
+    try:
+        assert local.count_rows() == EXPECTED_ROWS, "every entity of the folder, once"
+    finally:
+        local.close()
