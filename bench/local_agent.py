@@ -19,6 +19,7 @@ import asyncio
 import json
 import math
 import resource
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -34,6 +36,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_openai.chat_models.base import _convert_message_to_dict
 
+from bench.common import write_block
 from bench.trees import generate
 from device import LocalDevice
 from llm import load_chat_model
@@ -248,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--one", nargs=3, metavar=("SIZE", "MODEL", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    given = list(argv) if argv is not None else sys.argv[1:]
     if args.one:
         size, model, seed = args.one
         print(json.dumps(asyncio.run(_measure(int(size), model, int(seed)))))
@@ -261,14 +265,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     text = f"{table(results)}\n\nFitted growth of the first run (1 is linear):\n\n{growth(results)}"
     print(text)
     if args.write_docs:
-        docs = DOCS.read_text()
-        start = docs.find(SECTION)
-        body = f"{SECTION}\n\n`python -m bench.local_agent --write-docs`\n\n{text}\n"
-        if start < 0:
-            DOCS.write_text(docs.rstrip() + "\n\n" + body)
-        else:
-            end = docs.find("\n## ", start + len(SECTION))
-            DOCS.write_text(docs[:start] + body + (docs[end:] if end >= 0 else ""))
+        command = shlex.join([".venv/bin/python", "-m", "bench.local_agent", *given])
+        block = f"- Command: `{command}`\n- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n{text}"
+        write_block(DOCS, SECTION, "bench.local_agent", block)
 
 
 if __name__ == "__main__":

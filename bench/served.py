@@ -26,7 +26,7 @@ from typing import Any
 
 from langgraph_sdk import get_client
 
-from bench.common import databases, preamble
+from bench.common import databases, preamble, write_block
 from bench.trees import generate
 from tests.support.processes import DeviceProcess, ServerProcess
 
@@ -66,9 +66,8 @@ def device_calls(entities: Path) -> int:
 
 async def first_run(server: ServerProcess, key: str, root: Path) -> dict[str, Any]:
     client = get_client(url=server.url, api_key=key, timeout=3600)
-    assistant = await client.assistants.create(
-        graph_id="local_agent", context={"directory_paths": [str(root)], "device_id": DEVICE}
-    )
+    context: dict[str, Any] = {"directory_paths": [str(root)], "device_id": DEVICE}
+    assistant = await client.assistants.create(graph_id="local_agent", context=context)
     thread = await client.threads.create()
     run = await client.runs.create(thread["thread_id"], assistant["assistant_id"], input={})
     values = await client.runs.join(thread["thread_id"], run["run_id"])
@@ -132,18 +131,6 @@ def table(results: Sequence[Served]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(block: str) -> None:
-    text = DOCS.read_text()
-    body = f"{SECTION}\n\n{block}\n"
-    if SECTION in text:
-        before, rest = text.split(SECTION, 1)
-        after = rest.split("\n## ", 1)[1] if "\n## " in rest else ""
-        text = before + body + (f"\n## {after}" if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    DOCS.write_text(text)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.served", description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000])
@@ -164,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     block = "\n".join([*preamble("bench.served", given, runs), "", table(results)])
     print(f"\n{block}")
     if args.write_docs:
-        write_docs(block)
+        write_block(DOCS, SECTION, "bench.served", block)
 
 
 if __name__ == "__main__":

@@ -168,7 +168,7 @@ class FakeOpenAI:
         if self._http is None:
             raise RuntimeError("the fake OpenAI server is not running")
         host, port = self._http.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://{host!s}:{port}/v1"
 
     # ── What tests read ──────────────────────────────────────────────────────
 
