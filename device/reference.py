@@ -240,13 +240,35 @@ class ReferenceDevice:
                 await ws.send(self.hello)
                 await self._await_hello_ok(ws)
                 self.backoff.reset()
-                async for raw in ws:
-                    await self._handle(ws, local, raw)
+                await self._serve(ws, local)
                 return "the server closed the connection"
         except ConnectionClosedOK:
             return "the server closed the connection"
         except (OSError, TimeoutError, WebSocketException, _HelloRejected) as exc:
             return str(exc) or type(exc).__name__
+
+    async def _serve(self, ws: ClientConnection, local: LocalDevice) -> None:
+        """Answer frames in arrival order while a reader task keeps taking them off the
+        socket: a batch of thousands of calls never stops the connection being read, so the
+        keepalive's pongs (and pings) behind it are handled at once, not after the batch.
+        The queue holds at most one batch (the server parks a bounded wave of calls)."""
+        inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for raw in ws:
+                    inbox.put_nowait(raw)
+            finally:
+                inbox.put_nowait(None)  # closed: the reader's exception, if any, is raised below
+
+        reader = asyncio.create_task(read())
+        try:
+            while (raw := await inbox.get()) is not None:
+                await self._handle(ws, local, raw)
+            await reader
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     async def _await_hello_ok(self, ws: ClientConnection) -> None:
         try:

@@ -46,6 +46,13 @@ class AgentContext:
             "model, with 32k left for the answer); work is chunked to fit."
         },
     )
+    parallel_chunks: int = field(
+        default=8,
+        metadata={
+            "description": "Chunks processed at once: a wave's device calls go out as one "
+            "batch and its model requests run side by side; the next wave starts when it ends."
+        },
+    )
     triage_chunk_size: int = field(
         default=150, metadata={"description": "Manifest entries per triage model call."}
     )

@@ -1,5 +1,5 @@
-"""Local-agent nodes around the subgraphs: start the run, plan the chunks, fan them out,
-finalize the report with each file's outcome."""
+"""Local-agent nodes around the subgraphs: start the run, plan the chunks, fan them out in
+waves, finalize the report with each file's outcome."""
 
 import uuid
 from collections.abc import Iterable
@@ -34,6 +34,7 @@ def begin(state: LocalAgentInput) -> dict[str, Any]:
         "outcomes": Overwrite([]),
         "groups": [],
         "chunks": [],
+        "wave": (0, 0),
         "scan_round": 0,
         "pending_pages": [],
         "notices": [],
@@ -45,7 +46,7 @@ def plan(state: LocalAgentState, runtime: Runtime[AgentContext]) -> dict[str, An
     """Cut the groups into chunks that each fit one model request (from file sizes), and
     say how many on the custom stream (`chunks_planned`)."""
     if state.get("triage_error"):
-        return {"chunks": []}
+        return {"chunks": [], "wave": (0, 0)}
     context = runtime.context
     budget = files_budget(context.max_prompt_tokens, context.data_types)
     part_chars = max(1_000, budget * PLANNING_CHARS_PER_TOKEN)
@@ -54,17 +55,29 @@ def plan(state: LocalAgentState, runtime: Runtime[AgentContext]) -> dict[str, An
     files = sum(len(g["files"]) for g in groups)
     planned = {"chunks": len(chunks), "files": files}
     get_stream_writer()({"event": "chunks_planned", "data": planned})
-    return {"chunks": chunks}
+    return {"chunks": chunks, "wave": (0, min(_wave_size(context), len(chunks)))}
+
+
+def next_wave(state: LocalAgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """The chunks after the wave that just ended (none past the last)."""
+    start = state["wave"][1]
+    return {"wave": (start, min(start + _wave_size(runtime.context), len(state["chunks"])))}
+
+
+def _wave_size(context: AgentContext) -> int:
+    return max(1, context.parallel_chunks)
 
 
 def route_chunks(state: LocalAgentState) -> list[Send] | Literal["finalize"]:
-    """One `Send` to `processing` per chunk; nothing to process goes straight to finalize."""
-    chunks = state.get("chunks") or []
-    if not chunks:
+    """One `Send` to `processing` per chunk of the wave: at most `parallel_chunks` at once,
+    so a device batch and the model requests in flight stay bounded however large the
+    folder; no chunk left goes to finalize."""
+    start, end = state.get("wave") or (0, 0)
+    wave = (state.get("chunks") or [])[start:end]
+    if not wave:
         return "finalize"
     return [
-        Send("processing", ProcessingInput(run_key=state["run_key"], chunk=chunk))
-        for chunk in chunks
+        Send("processing", ProcessingInput(run_key=state["run_key"], chunk=chunk)) for chunk in wave
     ]
 
 

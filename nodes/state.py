@@ -169,6 +169,7 @@ class LocalAgentState(TriageState, total=False):
 
     started_at: str
     chunks: list[Chunk]
+    wave: tuple[int, int]  # the chunks being processed: chunks[start:end]
     outcomes: Annotated[list[ChunkOutcome], operator.add]
     report: RunReport
 

@@ -147,6 +147,44 @@ def _group_files(request: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
+class BatchRecorder:
+    """The in-process device, keeping the ids of each batch it is handed."""
+
+    def __init__(self, inner: LocalDevice) -> None:
+        self.inner = inner
+        self.batches: list[list[str]] = []
+
+    async def execute(self, calls: Sequence[DeviceCall]) -> dict[str, DeviceResult]:
+        self.batches.append([c["id"] for c in calls])
+        return await self.inner.execute(calls)
+
+
+async def test_chunks_run_in_waves_so_a_device_batch_is_bounded(
+    tree: Path, tmp_path: Path, server: FakeOpenAI
+) -> None:
+    """However many chunks a folder makes, at most `parallel_chunks` are in flight: a device
+    batch holds the calls of that many chunks, never of the whole folder."""
+    device = BatchRecorder(LocalDevice([tree], tmp_path / "entities.db"))
+    context = context_of(tree)
+    context.parallel_chunks = 3
+    outcome = await run(context, tmp_path / "state.db", chat_model(server), device)
+
+    report = outcome.report
+    assert report["status"] == "success", report["errors"]
+    assert report["files_processed"] == report["files_scanned"] == 31
+    assert report["chunks"] > 10
+    chunks_per_batch = [
+        {call_id.split("/")[1].split(".")[0] for call_id in batch if "/c" in call_id}
+        for batch in device.batches
+    ]
+    assert max(len(chunks) for chunks in chunks_per_batch) == 3, chunks_per_batch
+    every_chunk = set().union(*chunks_per_batch)
+    assert every_chunk == {f"c{i}" for i in range(report["chunks"])}, every_chunk
+    assert {f"Acme follow-up {i}-{j}" for i in range(30) for j in range(12)} <= set(
+        titles(device.inner)
+    )
+
+
 async def test_a_refused_request_ends_the_run_and_its_files_are_retried(
     tree: Path, tmp_path: Path
 ) -> None:

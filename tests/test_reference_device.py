@@ -3,6 +3,7 @@
 import asyncio
 import json
 import socket
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -345,3 +346,43 @@ async def test_a_bad_argument_is_an_ordinary_stored_failure(harness: Harness) ->
     assert result["ok"] is False and "ISO 8601" in result["error"]
     assert unknown["ok"] is False and "no fields named colour" in unknown["error"]
     assert {c["id"] for c in harness.rows("device_calls")} == {"c-bad-date", "c-bad-field"}
+
+
+async def test_the_socket_is_read_while_a_batch_runs(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ping behind a batch of calls is answered while the device still works through the
+    batch (its first call held): the connection is read on, so a large batch never starves
+    the keepalive and the server never drops a busy device."""
+    held, release = threading.Event(), threading.Event()
+    execute_one = LocalDevice.execute_one
+
+    def holding(self: LocalDevice, call: Any) -> Any:
+        if call["id"] == "c-0000":
+            held.set()
+            release.wait(WAIT)
+        return execute_one(self, call)
+
+    monkeypatch.setattr(LocalDevice, "execute_one", holding)
+    harness.start()
+    async with asyncio.timeout(WAIT):
+        ws, _ = await accept_hello(harness.server)
+        ids = [f"c-{i:04d}" for i in range(500)]
+        for call_id in ids:
+            frame = {
+                "type": "tool_call",
+                "id": call_id,
+                "name": "create_task",
+                "args": {"title": f"task {call_id} " + "x" * 200},
+                "run_context": RUN_CONTEXT,
+            }
+            await ws.send(json.dumps(frame))
+        await asyncio.to_thread(held.wait, WAIT)
+        pong = await ws.ping()
+        await asyncio.wait_for(pong, 3)  # answered with the first call still running
+        assert not release.is_set()
+        release.set()
+        answers = [await recv(ws) for _ in ids]
+    await harness.finish()
+    assert [a["id"] for a in answers] == ids
+    assert len(harness.rows("tasks")) == len(ids)

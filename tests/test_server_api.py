@@ -41,10 +41,11 @@ CONTEXT = {
     "prompt_template": "Be terse.",
     "device_id": "laptop",
 }
-LOCAL_AGENT_NODES = {"begin", "triage", "plan", "processing", "finalize"}
+LOCAL_AGENT_NODES = {"begin", "triage", "plan", "processing", "next_wave", "finalize"}
 LOCAL_AGENT_XRAY_NODES = {
     "begin",
     "plan",
+    "next_wave",
     "finalize",
     "triage:scan_device",
     "triage:group_files",
