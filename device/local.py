@@ -44,7 +44,21 @@ CREATE TABLE IF NOT EXISTS timelines (
 CREATE TABLE IF NOT EXISTS device_calls (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, ok INTEGER NOT NULL, payload TEXT NOT NULL,
     executedAt TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS projects_by_name ON projects (lower(name), createdAt, id);
+CREATE INDEX IF NOT EXISTS projects_in_order ON projects (createdAt, id);
+CREATE INDEX IF NOT EXISTS tasks_by_title ON tasks (lower(title), projectId, createdAt, id);
+CREATE INDEX IF NOT EXISTS tasks_by_project ON tasks (projectId, createdAt, id);
+CREATE INDEX IF NOT EXISTS tasks_in_order ON tasks (createdAt, id);
+CREATE INDEX IF NOT EXISTS notes_by_title ON notes (lower(title), projectId, createdAt, id);
+CREATE INDEX IF NOT EXISTS notes_by_project ON notes (projectId, createdAt, id);
+CREATE INDEX IF NOT EXISTS notes_in_order ON notes (createdAt, id);
+CREATE INDEX IF NOT EXISTS timelines_by_title ON timelines (lower(title), projectId, createdAt, id);
+CREATE INDEX IF NOT EXISTS timelines_by_project ON timelines (projectId, createdAt, id);
+CREATE INDEX IF NOT EXISTS timelines_in_order ON timelines (createdAt, id);
 """
+#: The lookups a device makes for every create (the record it would duplicate) and for
+#: `find_records` and the paged lists are index searches: none reads the whole table, so a
+#: first run over a large folder does not slow down with every record it has made.
 
 ENTITY_TABLES = ("projects", "tasks", "notes", "timelines")
 RETURN_EXISTING = "return_existing"
@@ -257,8 +271,8 @@ class LocalDevice:
         clauses, params = list(clauses), list(params)
         if cursor:
             created, _, row_id = cursor.partition("|")
-            clauses.append("(createdAt > ? OR (createdAt = ? AND id > ?))")
-            params += [created, created, row_id]
+            clauses.append("(createdAt, id) > (?, ?)")  # a row value: an index seek
+            params += [created, row_id]
         sql = f"SELECT * FROM {table}"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
@@ -354,7 +368,9 @@ class LocalDevice:
             params += words
         clauses = ["(" + " OR ".join(f"({m})" for m in matches) + ")"] if matches else []
         if projectId is not None and type != "projects":
-            clauses.append("projectId = ?")
+            # by titles alone: the title index finds them; `+` keeps SQLite from reading
+            # the whole project in order through the project index instead
+            clauses.append("+projectId = ?" if titles and not words else "projectId = ?")
             params.append(projectId)
         page = self._page(type, clauses, params, cursor=cursor, limit=limit)
         page["items"] = [_preview(item) for item in page["items"]]
