@@ -10,7 +10,7 @@ from langgraph.config import get_stream_writer
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite, Send
 
-from nodes.chunks import PLANNING_CHARS_PER_TOKEN, chunk_files, files_budget, plan_chunks
+from nodes.chunks import PLANNING_CHARS_PER_TOKEN, files_budget, plan_chunks
 from nodes.context import AgentContext
 from nodes.state import (
     ChunkOutcome,
@@ -33,8 +33,9 @@ def begin(state: LocalAgentInput) -> dict[str, Any]:
         # a new run on the same thread starts with no outcomes, chunks or triage error
         "outcomes": Overwrite([]),
         "groups": [],
-        "chunks": [],
-        "wave": (0, 0),
+        "files_scanned": 0,
+        "queue": [],
+        "wave": [],
         "scan_round": 0,
         "pending_pages": [],
         "notices": [],
@@ -44,9 +45,13 @@ def begin(state: LocalAgentInput) -> dict[str, Any]:
 
 def plan(state: LocalAgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Cut the groups into chunks that each fit one model request (from file sizes), and
-    say how many on the custom stream (`chunks_planned`)."""
+    say how many on the custom stream (`chunks_planned`). The manifest, the groups and the
+    projects leave the state here, so a checkpoint after this holds only the chunks still
+    to do (every device round trip writes one; on SQLite, whole)."""
+    scanned = len(state.get("manifest") or [])
+    dropped = {"manifest": [], "groups": [], "projects": [], "files_scanned": scanned}
     if state.get("triage_error"):
-        return {"chunks": [], "wave": (0, 0)}
+        return {**dropped, "queue": [], "wave": []}
     context = runtime.context
     budget = files_budget(context.max_prompt_tokens, context.data_types)
     part_chars = max(1_000, budget * PLANNING_CHARS_PER_TOKEN)
@@ -55,13 +60,14 @@ def plan(state: LocalAgentState, runtime: Runtime[AgentContext]) -> dict[str, An
     files = sum(len(g["files"]) for g in groups)
     planned = {"chunks": len(chunks), "files": files}
     get_stream_writer()({"event": "chunks_planned", "data": planned})
-    return {"chunks": chunks, "wave": (0, min(_wave_size(context), len(chunks)))}
+    size = _wave_size(context)
+    return {**dropped, "wave": chunks[:size], "queue": chunks[size:]}
 
 
 def next_wave(state: LocalAgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """The chunks after the wave that just ended (none past the last)."""
-    start = state["wave"][1]
-    return {"wave": (start, min(start + _wave_size(runtime.context), len(state["chunks"])))}
+    """The next chunks of the queue (none when it is empty)."""
+    queue, size = state.get("queue") or [], _wave_size(runtime.context)
+    return {"wave": queue[:size], "queue": queue[size:]}
 
 
 def _wave_size(context: AgentContext) -> int:
@@ -72,8 +78,7 @@ def route_chunks(state: LocalAgentState) -> list[Send] | Literal["finalize"]:
     """One `Send` to `processing` per chunk of the wave: at most `parallel_chunks` at once,
     so a device batch and the model requests in flight stay bounded however large the
     folder; no chunk left goes to finalize."""
-    start, end = state.get("wave") or (0, 0)
-    wave = (state.get("chunks") or [])[start:end]
+    wave = state.get("wave") or []
     if not wave:
         return "finalize"
     return [
@@ -87,7 +92,7 @@ def finalize(state: LocalAgentState) -> LocalAgentState:
     the start time unless the run failed as a whole."""
     outcomes = sorted(state.get("outcomes", []), key=lambda o: o["index"])
     failures = _failures(outcomes)
-    touched = {path for chunk in state.get("chunks") or [] for path in chunk_files(chunk)}
+    touched = {path for outcome in outcomes for path in outcome["files"]}
     processed = touched - set(failures)
     triage_error = state.get("triage_error")
     errors = [triage_error] if triage_error else []
@@ -97,7 +102,7 @@ def finalize(state: LocalAgentState) -> LocalAgentState:
     return {
         "report": RunReport(
             status=status,
-            files_scanned=len(state.get("manifest", [])),
+            files_scanned=state.get("files_scanned", 0),
             files_processed=len(processed),
             chunks=len(outcomes),
             created=_total(o["created"] for o in outcomes),

@@ -168,8 +168,9 @@ class LocalAgentState(TriageState, total=False):
     """The whole run: triage results, the chunks, one outcome per chunk, the report."""
 
     started_at: str
-    chunks: list[Chunk]
-    wave: tuple[int, int]  # the chunks being processed: chunks[start:end]
+    files_scanned: int  # the manifest's length: the manifest leaves the state at `plan`
+    queue: list[Chunk]  # the chunks not sent yet: each leaves as its wave goes
+    wave: list[Chunk]  # the chunks being processed
     outcomes: Annotated[list[ChunkOutcome], operator.add]
     report: RunReport
 
