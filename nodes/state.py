@@ -191,9 +191,11 @@ class ProcessingInput(TypedDict):
 class ProcessingState(ProcessingInput, total=False):
     """The reads of one chunk, then a tool loop per pass over the texts that fit."""
 
-    pending: list[list[PartText]]  # the passes not begun: each pass's texts leave the state
-    current: int  # the pass under way     # as its conversation, which holds them, begins
-    pass_files: list[str]
+    # the passes not begun: a pass's texts leave here as its conversation (which holds them)
+    # begins
+    pending: list[list[PartText]]
+    current: int  # the pass under way
+    pass_files: list[str]  # the files of the pass under way
     failed: Annotated[list[FileFailure], operator.add]
     pass_failed: bool
     scope: str

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from langchain_core.language_models import BaseChatModel
+from langgraph.types import Durability
 
 from checkpoints import open_checkpointer, open_store
 from graphs import local_agent
@@ -22,7 +23,7 @@ from relaygraph import runner
 
 #: A checkpoint as the graph returns (each device round trip, and the end), as the server's
 #: default: a checkpoint after every step stored each chunk's texts a dozen times over.
-DURABILITY: runner.Durability = "exit"
+DURABILITY: Durability = "exit"
 
 
 @dataclass(frozen=True)

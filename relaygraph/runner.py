@@ -10,18 +10,17 @@ call's id was checkpointed with the pause that sent it.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Protocol, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
-from langgraph.types import Command, StateSnapshot
+from langgraph.types import Command, Durability, StateSnapshot
 
 from nodes.bridge import DeviceCall, DeviceResult, is_device_request
 
 UNKNOWN_THREAD = "No run is stored for thread {thread_id}; there is nothing to resume."
 NOT_A_DEVICE_CALL = "The run is waiting for something other than a device call: {value!r}"
 RECURSION_LIMIT = 200
-Durability = Literal["sync", "async", "exit"]
 
 Update = Callable[[tuple[str, ...], dict[str, Any]], None]
 Progress = Callable[[dict[str, Any]], None]

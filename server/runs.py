@@ -441,9 +441,9 @@ class RunManager:
         connected = self.hub.connected_devices(user_id)
         return connected[0] if connected else None
 
-    async def push(self, user_id: str, calls: Sequence[PendingCall]) -> int:
+    async def push(self, user_id: str, calls: Sequence[PendingCall]) -> None:
         """Send calls to their devices where connected here, then mark those sent as pushed
-        in one statement; returns how many were sent."""
+        in one statement."""
         sent: list[str] = []
         for call in calls:
             frame = ToolCallFrame(
@@ -458,7 +458,6 @@ class RunManager:
                 sent.append(call.call_id)
         if sent:
             await self.repo.mark_pushed(sent)
-        return len(sent)
 
     async def _progress_to_device(self, run: dict[str, Any], data: Mapping[str, Any]) -> None:
         device_id = run["device_id"] or self._any_device(run["user_id"])
