@@ -1,6 +1,13 @@
-"""Checkpointers and the application store: SQLite (default), Postgres, memory (tests)."""
+"""Checkpointers, LangGraph's store and the application store: SQLite (default),
+Postgres, memory (tests)."""
 
-from checkpoints.factory import StorageError, open_checkpointer, open_checkpointers, storage_kind
+from checkpoints.factory import (
+    StorageError,
+    open_checkpointer,
+    open_checkpointers,
+    open_graph_store,
+    storage_kind,
+)
 from checkpoints.store import AppStore, Database, open_database, open_store
 
 __all__ = [
@@ -10,6 +17,7 @@ __all__ = [
     "open_checkpointer",
     "open_checkpointers",
     "open_database",
+    "open_graph_store",
     "open_store",
     "storage_kind",
 ]

@@ -1,4 +1,4 @@
-"""Open the checkpointer a URL names.
+"""Open the checkpointer, and LangGraph's store, a URL names.
 
 - `memory` (unit tests),
 - a file path or `sqlite:///path` (the embedded default),
@@ -11,10 +11,10 @@
 import sqlite3
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 import aiosqlite
 import psycopg
@@ -22,6 +22,10 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.store.base import BaseStore
+from langgraph.store.memory import InMemoryStore
+from langgraph.store.postgres.aio import AsyncPostgresStore
+from langgraph.store.sqlite.aio import AsyncSqliteStore
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -137,25 +141,60 @@ async def open_checkpointers(
 
 @asynccontextmanager
 async def _open_single(url: str) -> AsyncIterator[BaseCheckpointSaver]:
-    kind = storage_kind(url)
-    if kind == "memory":
+    if storage_kind(url) == "memory":
         yield InMemorySaver()
     else:
-        path = sqlite_path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path)
-        saver_sqlite = AsyncSqliteSaver(conn)
-        try:
-            await conn.execute("PRAGMA busy_timeout = 10000")
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await saver_sqlite.setup()
-        except sqlite3.DatabaseError as exc:
-            await conn.close()
-            raise StorageError(NOT_SQLITE.format(path=path, error=exc)) from exc
-        try:
-            yield saver_sqlite
-        finally:
-            await conn.close()
+        async with _on_sqlite(url, AsyncSqliteSaver) as saver:
+            yield saver
+
+
+@asynccontextmanager
+async def open_graph_store(url: str, *, pool_size: int = 4) -> AsyncIterator[BaseStore]:
+    """LangGraph's store on the same database as the checkpoints, set up and ready:
+    `InMemoryStore`, `AsyncSqliteStore` (a connection of its own, WAL) or
+    `AsyncPostgresStore` (a pool of its own, the savers' settings)."""
+    kind = storage_kind(url)
+    if kind == "memory":
+        yield InMemoryStore()
+    elif kind == "postgres":
+        async with postgres_pool(url, max_size=pool_size) as pool:
+            store = AsyncPostgresStore(pool)
+            await store.setup()
+            yield store
+    else:
+        # the store begins and commits its own transactions
+        async with _on_sqlite(url, AsyncSqliteStore, isolation_level=None) as store_sqlite:
+            yield store_sqlite
+
+
+class _SetUp(Protocol):
+    async def setup(self) -> None: ...
+
+
+T = TypeVar("T", bound=_SetUp)
+
+
+@asynccontextmanager
+async def _on_sqlite(
+    url: str, build: Callable[[aiosqlite.Connection], T], *, isolation_level: str | None = ""
+) -> AsyncIterator[T]:
+    """`build` over a WAL connection of its own to the SQLite file `url` names, set up; the
+    connection closes on exit. A file that is not SQLite raises `StorageError`."""
+    path = sqlite_path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = await aiosqlite.connect(path, isolation_level=isolation_level)
+    try:
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        built = build(conn)
+        await built.setup()
+    except sqlite3.DatabaseError as exc:
+        await conn.close()
+        raise StorageError(NOT_SQLITE.format(path=path, error=exc)) from exc
+    try:
+        yield built
+    finally:
+        await conn.close()
 
 
 def _redacted(url: str) -> str:

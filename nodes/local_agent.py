@@ -12,6 +12,7 @@ from langgraph.types import Overwrite, Send
 
 from nodes.chunks import PLANNING_CHARS_PER_TOKEN, files_budget, plan_chunks
 from nodes.context import AgentContext
+from nodes.run_data import forget_earlier_runs, get_outcomes, get_wave, put_waves, store_of
 from nodes.state import (
     ChunkOutcome,
     FileFailure,
@@ -23,19 +24,23 @@ from nodes.state import (
 )
 
 
-def begin(state: LocalAgentInput) -> dict[str, Any]:
-    """Pin the run's key (the prefix of its device call ids) and its start time."""
+async def begin(state: LocalAgentInput, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Pin the run's key (the prefix of its device call ids) and its start time, and delete
+    what the thread's earlier runs left in the store."""
+    await forget_earlier_runs(store_of(runtime))
     return {
         "run_key": uuid.uuid4().hex[:12],
         "started_at": datetime.now(UTC).isoformat(),
         "modified_since": state.get("modified_since"),
         "retry_files": list(state.get("retry_files") or []),
-        # a new run on the same thread starts with no outcomes, chunks or triage error
-        "outcomes": Overwrite([]),
+        # a new run on the same thread starts with no chunks or triage error
         "groups": [],
         "files_scanned": 0,
-        "queue": [],
+        "chunks": 0,
+        "waves": 0,
+        "wave_number": 0,
         "wave": [],
+        "chunks_done": Overwrite(0),
         "scan_round": 0,
         "pending_pages": [],
         "notices": [],
@@ -43,35 +48,36 @@ def begin(state: LocalAgentInput) -> dict[str, Any]:
     }
 
 
-def plan(state: LocalAgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """Cut the groups into chunks that each fit one model request (from file sizes), and
-    say how many on the custom stream (`chunks_planned`). The manifest, the groups and the
-    projects leave the state here, so a checkpoint after this holds only the chunks still
-    to do (every device round trip writes one; on SQLite, whole)."""
+async def plan(state: LocalAgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Cut the groups into chunks that each fit one model request (from file sizes), put
+    them in the store in waves of `parallel_chunks`, and say how many on the custom stream
+    (`chunks_planned`). The manifest, the groups and the projects leave the state here, and
+    the plan never enters it: a checkpoint (every device round trip writes one; on SQLite,
+    whole) holds the wave under way, not the folder."""
     scanned = len(state.get("manifest") or [])
     dropped = {"manifest": [], "groups": [], "projects": [], "files_scanned": scanned}
     if state.get("triage_error"):
-        return {**dropped, "queue": [], "wave": []}
+        return {**dropped, "wave": []}
     context = runtime.context
     budget = files_budget(context.max_prompt_tokens, context.data_types)
     part_chars = max(1_000, budget * PLANNING_CHARS_PER_TOKEN)
     groups = state.get("groups") or []
     chunks = plan_chunks(groups, state.get("manifest", []), part_chars=part_chars)
+    size = max(1, context.parallel_chunks)
+    waves = [chunks[start : start + size] for start in range(0, len(chunks), size)]
+    await put_waves(store_of(runtime), state["run_key"], waves)
     files = sum(len(g["files"]) for g in groups)
     planned = {"chunks": len(chunks), "files": files}
     get_stream_writer()({"event": "chunks_planned", "data": planned})
-    size = _wave_size(context)
-    return {**dropped, "wave": chunks[:size], "queue": chunks[size:]}
+    first = waves[0] if waves else []
+    return {**dropped, "chunks": len(chunks), "waves": len(waves), "wave": first}
 
 
-def next_wave(state: LocalAgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """The next chunks of the queue (none when it is empty)."""
-    queue, size = state.get("queue") or [], _wave_size(runtime.context)
-    return {"wave": queue[:size], "queue": queue[size:]}
-
-
-def _wave_size(context: AgentContext) -> int:
-    return max(1, context.parallel_chunks)
+async def next_wave(state: LocalAgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """The chunks of the next wave, read from the store (none after the last)."""
+    number = state.get("wave_number", 0) + 1
+    wave = await get_wave(store_of(runtime), state["run_key"], number)
+    return {"wave_number": number, "wave": wave}
 
 
 def route_chunks(state: LocalAgentState) -> list[Send] | Literal["finalize"]:
@@ -86,11 +92,13 @@ def route_chunks(state: LocalAgentState) -> list[Send] | Literal["finalize"]:
     ]
 
 
-def finalize(state: LocalAgentState) -> LocalAgentState:
-    """The run's report. A file is processed only when every chunk holding a part of it
-    succeeded; the others are listed as failed and retried next run. The watermark moves to
-    the start time unless the run failed as a whole."""
-    outcomes = sorted(state.get("outcomes", []), key=lambda o: o["index"])
+async def finalize(state: LocalAgentState, runtime: Runtime[AgentContext]) -> LocalAgentState:
+    """The run's report, from the chunks' outcomes in the store. A file is processed only
+    when every chunk holding a part of it succeeded; the others are listed as failed and
+    retried next run. The watermark moves to the start time unless the run failed as a
+    whole."""
+    store, chunks = store_of(runtime), state.get("chunks", 0)
+    outcomes = await get_outcomes(store, state["run_key"], chunks) if chunks else []
     failures = _failures(outcomes)
     touched = {path for outcome in outcomes for path in outcome["files"]}
     processed = touched - set(failures)

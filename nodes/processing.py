@@ -30,6 +30,7 @@ from nodes.chunks import (
 )
 from nodes.context import AgentContext
 from nodes.payloads import GROUP_KIND, payload_message
+from nodes.run_data import put_outcome, store_of
 from nodes.state import (
     STANDALONE,
     ChunkOutcome,
@@ -324,8 +325,9 @@ def route_pass(state: ProcessingState) -> Literal["find_candidates", "record_out
     return "find_candidates" if state.get("pending") else "record_outcome"
 
 
-def record_outcome(state: ProcessingState) -> dict[str, Any]:
-    """The chunk's outcome: per file whether it failed, and the passes' counts added up."""
+async def record_outcome(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """The chunk's outcome, put in the store for `finalize`: per file whether it failed, and
+    the passes' counts added up."""
     chunk = state["chunk"]
     created: dict[str, int] = {}
     updated: dict[str, int] = {}
@@ -349,8 +351,9 @@ def record_outcome(state: ProcessingState) -> dict[str, Any]:
         model_calls=state.get("model_calls", 0),
     )
     finished = sum(1 for p in chunk["parts"] if p["part"] == p["parts"])
+    await put_outcome(store_of(runtime), state["run_key"], outcome)
     get_stream_writer()({"event": "chunk_done", "data": _progress(outcome, finished)})
-    return {"outcomes": [outcome]}
+    return {"chunks_done": 1}
 
 
 def _errors(tallies: list[Tally], failed: list[FileFailure]) -> list[str]:

@@ -165,13 +165,16 @@ class TriageState(TypedDict, total=False):
 
 
 class LocalAgentState(TriageState, total=False):
-    """The whole run: triage results, the chunks, one outcome per chunk, the report."""
+    """The whole run: triage results, the wave of chunks under way, the report. The plan
+    and the chunks' outcomes are in the store (`nodes.run_data`), not here."""
 
     started_at: str
     files_scanned: int  # the manifest's length: the manifest leaves the state at `plan`
-    queue: list[Chunk]  # the chunks not sent yet: each leaves as its wave goes
-    wave: list[Chunk]  # the chunks being processed
-    outcomes: Annotated[list[ChunkOutcome], operator.add]
+    chunks: int  # planned
+    waves: int  # planned, of at most `parallel_chunks` chunks
+    wave_number: int  # the wave under way
+    wave: list[Chunk]  # its chunks
+    chunks_done: Annotated[int, operator.add]
     report: RunReport
 
 
@@ -204,13 +207,14 @@ class ProcessingState(ProcessingInput, total=False):
     model_calls: Annotated[int, operator.add]
     failure: str | None
     tallies: Annotated[list[Tally], operator.add]
-    outcomes: Annotated[list[ChunkOutcome], operator.add]
+    chunks_done: Annotated[int, operator.add]
 
 
 class ProcessingOutput(TypedDict):
-    """Only the outcome flows back, so parallel chunks never write the same key."""
+    """Only a count flows back (the outcome is in the store), so parallel chunks never
+    write the same key."""
 
-    outcomes: Annotated[list[ChunkOutcome], operator.add]
+    chunks_done: Annotated[int, operator.add]
 
 
 # ── Agentic loop ──────────────────────────────────────────────────────────────

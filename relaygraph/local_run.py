@@ -15,9 +15,10 @@ from typing import Any, cast
 from langchain_core.language_models import BaseChatModel
 from langgraph.types import Durability
 
-from checkpoints import open_checkpointer, open_store
+from checkpoints import open_checkpointer, open_graph_store, open_store
 from graphs import local_agent
 from nodes.context import AgentContext
+from nodes.run_data import delete_under, thread_namespace
 from nodes.state import RunReport
 from relaygraph import runner
 
@@ -58,8 +59,12 @@ async def run_local_agent(
 ) -> LocalRun:
     """Run (or resume) the local agent for `context` and record its outcome."""
     key = agent_key(context)
-    async with open_checkpointer(state_url) as saver, open_store(state_url) as store:
-        graph = local_agent.build(model).copy(update={"checkpointer": saver})
+    async with (
+        open_checkpointer(state_url) as saver,
+        open_graph_store(state_url) as graph_store,
+        open_store(state_url) as store,
+    ):
+        graph = local_agent.build(model).copy(update={"checkpointer": saver, "store": graph_store})
         thread_id = await store.unfinished_run(key)
         if thread_id is not None:
             values = await runner.resume(
@@ -90,6 +95,8 @@ async def run_local_agent(
             resumed = False
         report = cast(RunReport, values["report"])
         await store.finish_run(thread_id, key, cast(dict[str, Any], report))
+        # the thread is never resumed again: what the run kept in the store can go
+        await delete_under(graph_store, thread_namespace(thread_id))
     return LocalRun(thread_id=thread_id, resumed=resumed, report=report)
 
 

@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from langchain_core.language_models import BaseChatModel
 
-from checkpoints import open_checkpointers, open_database
+from checkpoints import open_checkpointers, open_database, open_graph_store
 from llm import load_chat_model
 from server.api import assistants, crons, devices, runs, system, threads
 from server.events import RunEvents
@@ -35,13 +35,14 @@ def create_app(settings: Settings | None = None, *, model: BaseChatModel | None 
                 pool_size=settings.pool_size,
                 keep_latest=settings.checkpoint_cache,
             ) as savers,
+            open_graph_store(url) as store,
             open_database(
                 url, pool_size=settings.pool_size, prepare=settings.prepared_statements
             ) as db,
         ):
             choice = load_chat_model()
             repo = Repository(db, checkpoint_marks=settings.checkpoint_cache > 0)
-            graphs = GraphRegistry(model or choice.model, savers)
+            graphs = GraphRegistry(model or choice.model, savers, store)
             hub, events = DeviceHub(), RunEvents()
             manager = RunManager(
                 repo=repo,

@@ -1,4 +1,5 @@
-"""The graphs the server runs, by graph id, compiled once with the server's checkpointer."""
+"""The graphs the server runs, by graph id, compiled once with the server's checkpointer and
+LangGraph store."""
 
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -7,9 +8,11 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
+from langgraph.store.base import BaseStore
 
 from checkpoints.latest import CachingPostgresSaver
 from graphs import agentic_loop, local_agent, processing, triage
+from nodes.run_data import delete_under, thread_namespace
 
 Builder = Callable[[BaseChatModel | None], Pregel[Any, Any, Any, Any]]
 
@@ -28,11 +31,16 @@ class GraphRegistry:
     issue 7259), so the server spreads threads over several savers sharing one pool.
     """
 
-    def __init__(self, model: BaseChatModel, savers: Sequence[BaseCheckpointSaver]) -> None:
+    def __init__(
+        self, model: BaseChatModel, savers: Sequence[BaseCheckpointSaver], store: BaseStore
+    ) -> None:
         self._savers = list(savers)
+        self.store = store
         built = {graph_id: build(model) for graph_id, build in BUILDERS.items()}
         self._copies = {
-            graph_id: [graph.copy(update={"checkpointer": saver}) for saver in savers]
+            graph_id: [
+                graph.copy(update={"checkpointer": saver, "store": store}) for saver in savers
+            ]
             for graph_id, graph in built.items()
         }
 
@@ -49,6 +57,11 @@ class GraphRegistry:
 
     def saver_for(self, thread_id: str) -> BaseCheckpointSaver:
         return self._savers[self._index(thread_id)]
+
+    async def forget_thread(self, thread_id: str) -> None:
+        """Delete the thread's checkpoints and what its graphs kept in the store."""
+        await self.saver_for(thread_id).adelete_thread(thread_id)
+        await delete_under(self.store, thread_namespace(thread_id))
 
     def forget_checkpoint(self, thread_id: str) -> None:
         """Drop the thread's kept checkpoint, if its saver keeps them (`checkpoints.latest`)."""

@@ -504,7 +504,7 @@ class RunManager:
             cron = await self.repo.cron_by_id(run["cron_id"])
             if cron and cron["thread_id"] is None and cron["on_run_completed"] == "delete":
                 await self.repo.delete_thread(user_id=run["user_id"], thread_id=run["thread_id"])
-                await self.graphs.saver_for(run["thread_id"]).adelete_thread(run["thread_id"])
+                await self.graphs.forget_thread(run["thread_id"])
         if run["device_id"]:
             following = await self.repo.next_device_run(
                 user_id=run["user_id"], device_id=run["device_id"]

@@ -8,13 +8,18 @@ import pytest
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langgraph.types import Command
 
-from checkpoints import open_checkpointer
 from device import LocalDevice
 from graphs import local_agent, processing, triage
 from nodes.bridge import DEVICE_CALLS
 from nodes.context import AgentContext
 from relaygraph import runner
-from tests.support.agent import RecordingDevice, group_payload, tool_turn, triage_call
+from tests.support.agent import (
+    RecordingDevice,
+    agent_graph,
+    group_payload,
+    tool_turn,
+    triage_call,
+)
 from tests.support.scripted import ScriptedChatModel
 from tools.catalog import DEVICE_TOOLS
 from tools.policy import PathPolicy, PolicyViolation
@@ -40,12 +45,10 @@ async def test_interrupt_values_are_stable_across_a_restart(
     url = str(tmp_path / "state.db")
     context = AgentContext(directory_paths=[str(workspace)])
     thread = str(uuid.uuid4())
-    async with open_checkpointer(url) as saver:
-        graph = local_agent.build(ScriptedChatModel()).copy(update={"checkpointer": saver})
+    async with agent_graph(url, ScriptedChatModel()) as graph:
         await graph.ainvoke({}, config(thread), context=context, durability="sync")
         first = (await graph.aget_state(config(thread))).interrupts
-    async with open_checkpointer(url) as saver:  # a "restarted process"
-        graph = local_agent.build(ScriptedChatModel()).copy(update={"checkpointer": saver})
+    async with agent_graph(url, ScriptedChatModel()) as graph:  # a "restarted process"
         again = (await graph.aget_state(config(thread))).interrupts
     assert len(first) == 1, "one interrupt for the whole triage batch"
     assert first[0].value["type"] == DEVICE_CALLS
@@ -66,8 +69,7 @@ async def test_model_turn_is_checkpointed_before_the_device_sees_its_calls(
     model = ScriptedChatModel(script=one_group_script(workspace))
     thread = str(uuid.uuid4())
     seen: list[tuple[set[str], set[str]]] = []
-    async with open_checkpointer(storage_url) as saver:
-        graph = local_agent.build(model).copy(update={"checkpointer": saver})
+    async with agent_graph(storage_url, model) as graph:
 
         async def check(calls: Any) -> None:
             snapshot = await graph.aget_state(config(thread), subgraphs=True)
@@ -100,8 +102,7 @@ async def test_resuming_an_unknown_thread_is_an_error(
     storage_url: str, device: LocalDevice
 ) -> None:
     """Invariant 8: LangGraph would start a fresh run; the runner refuses."""
-    async with open_checkpointer(storage_url) as saver:
-        graph = local_agent.build(ScriptedChatModel()).copy(update={"checkpointer": saver})
+    async with agent_graph(storage_url, ScriptedChatModel()) as graph:
         with pytest.raises(runner.UnknownThread, match="nothing to resume"):
             await runner.resume(
                 graph, thread_id="never-started", context=AgentContext(), device=device
@@ -139,8 +140,7 @@ async def test_parallel_groups_keep_their_own_answers(
             brain,
         ]
     )
-    async with open_checkpointer(storage_url) as saver:
-        graph = local_agent.build(model).copy(update={"checkpointer": saver})
+    async with agent_graph(storage_url, model) as graph:
         values = await runner.start(
             graph,
             thread_id="t",
@@ -168,8 +168,7 @@ async def test_runner_resumes_with_sync_durability(workspace: Path, device: Loca
     """Invariant 10: every step around device side effects is checkpointed synchronously."""
     seen: list[Any] = []
     model = ScriptedChatModel(script=one_group_script(workspace))
-    async with open_checkpointer("memory") as saver:
-        graph = local_agent.build(model).copy(update={"checkpointer": saver})
+    async with agent_graph("memory", model) as graph:
         original = graph.astream
 
         def spy(*args: Any, **kwargs: Any) -> Any:
@@ -231,8 +230,7 @@ async def test_resume_answers_each_interrupt_by_its_id(
     error the model reads, never a crash."""
     model = ScriptedChatModel(script=one_group_script(workspace))
     context = AgentContext(directory_paths=[str(workspace)])
-    async with open_checkpointer("memory") as saver:
-        graph = local_agent.build(model).copy(update={"checkpointer": saver})
+    async with agent_graph("memory", model) as graph:
         cfg = config("t")
         await graph.ainvoke({}, cfg, context=context, durability="sync")
         for _ in range(3):  # triage, the reads and the lookups answered by the device

@@ -7,6 +7,7 @@ the next run, changed or not; a request the server refuses ends the run, never s
 """
 
 import json
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 from langchain_openai.chat_models.base import _convert_message_to_dict
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 import nodes.triage
 from device import LocalDevice
@@ -415,3 +417,48 @@ async def test_the_device_pages_scans_lists_and_searches(tmp_path: Path) -> None
     assert part["result"]["content"] == "x" * 10 + "\nend"
     assert part["result"]["total_chars"] == 54 and part["result"]["truncated"] is False
     device.close()
+
+
+def notes_tree(root: Path, count: int) -> Path:
+    """`count` notes of about 3 KB: one chunk each at the smallest budget."""
+    prose = "We went over the plan again and agreed to keep the scope as it is. " * 40
+    for i in range(count):
+        note = root / "Acme" / f"note-{i:03}.md"
+        note.parent.mkdir(parents=True, exist_ok=True)
+        note.write_text(f"# Note {i}\n{prose}\nTODO: Acme item {i}\n")
+    return root
+
+
+def root_checkpoints_while_chunks_ran(state: Path) -> list[int]:
+    """The sizes of the root checkpoints stored between the plan and the report."""
+    serde = JsonPlusSerializer()
+    sizes = []
+    with sqlite3.connect(state) as db:
+        rows = db.execute("SELECT type, checkpoint FROM checkpoints WHERE checkpoint_ns = ''")
+        for kind, blob in rows:
+            values = serde.loads_typed((kind, blob))["channel_values"]
+            if values.get("wave") and "report" not in values:
+                sizes.append(len(blob))
+    return sizes
+
+
+async def test_a_checkpoint_holds_the_wave_under_way_not_the_plan(tmp_path: Path) -> None:
+    """Every device round trip stores a root checkpoint, and the SQLite saver stores it
+    whole: the chunks still to run and the outcomes of those done stay out of it (in the
+    store), so a folder four times larger writes root checkpoints of the same size, not
+    four times larger ones four times as often."""
+    largest: dict[int, int] = {}
+    for count in (8, 32):
+        tree = notes_tree(tmp_path / f"tree-{count}", count)
+        device = LocalDevice([tree], tmp_path / f"entities-{count}.db")
+        context = context_of(tree, budget=8_000)
+        context.parallel_chunks = 2
+        state = tmp_path / f"state-{count}.db"
+        outcome = await run(context, state, load_chat_model(env={}).model, device)
+        assert outcome.report["status"] == "success", outcome.report["errors"]
+        assert outcome.report["chunks"] == count
+        assert len(outcome.report["outcomes"]) == count
+        sizes = root_checkpoints_while_chunks_ran(state)
+        assert len(sizes) >= count // 2  # a round trip per wave at least
+        largest[count] = max(sizes)
+    assert largest[32] < largest[8] * 1.25, largest

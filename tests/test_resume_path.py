@@ -19,6 +19,7 @@ from fastapi import WebSocket
 from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.store.memory import InMemoryStore
 from starlette.websockets import WebSocketState
 
 from checkpoints import Database, open_checkpointers, open_database
@@ -123,7 +124,7 @@ def world_over(
     model = ScriptedChatModel(script=[loop_brain.answer] * model_turns)
     manager = RunManager(
         repo=repo,
-        graphs=GraphRegistry(model, [saver or InMemorySaver()]),
+        graphs=GraphRegistry(model, [saver or InMemorySaver()], InMemoryStore()),
         hub=hub,
         events=RunEvents(),
         locks=ThreadLocks(db),

@@ -11,6 +11,7 @@ from typing import cast
 import pytest
 from fastapi import WebSocket
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.store.memory import InMemoryStore
 from starlette.websockets import WebSocketState
 
 from checkpoints import open_database
@@ -106,7 +107,7 @@ def _world(db: Database, clock: Clock) -> World:
     hub = DeviceHub()
     runs = RunManager(
         repo=repo,
-        graphs=GraphRegistry(ScriptedChatModel(), [InMemorySaver()]),
+        graphs=GraphRegistry(ScriptedChatModel(), [InMemorySaver()], InMemoryStore()),
         hub=hub,
         events=RunEvents(),
         locks=ThreadLocks(db),

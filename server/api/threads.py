@@ -102,7 +102,7 @@ async def delete_thread(thread_id: str, user: CurrentUser, svc: ServicesDep) -> 
     if await svc.repo.active_run(thread_id) is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, THREAD_BUSY.format(thread_id=thread_id))
     await svc.repo.delete_thread(user_id=user, thread_id=thread_id)
-    await svc.saver.adelete_thread(thread_id)
+    await svc.graphs.forget_thread(thread_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -11,7 +11,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolCall
 from langgraph.pregel import Pregel
 
-from checkpoints import open_checkpointer
+from checkpoints import open_checkpointer, open_graph_store
 from device import LocalDevice
 from graphs import local_agent
 from nodes.bridge import DeviceCall, DeviceResult
@@ -40,9 +40,9 @@ class RecordingDevice:
 
 @asynccontextmanager
 async def agent_graph(storage_url: str, model: BaseChatModel) -> AsyncIterator[Pregel]:
-    """The local agent compiled with the checkpointer `storage_url` names."""
-    async with open_checkpointer(storage_url) as saver:
-        yield local_agent.build(model).copy(update={"checkpointer": saver})
+    """The local agent compiled with the checkpointer and the store `storage_url` names."""
+    async with open_checkpointer(storage_url) as saver, open_graph_store(storage_url) as store:
+        yield local_agent.build(model).copy(update={"checkpointer": saver, "store": store})
 
 
 async def run_agent(
