@@ -1,6 +1,9 @@
-"""Checkpointers, LangGraph's store and the application store: SQLite (default),
-Postgres, memory (tests)."""
+"""Storage: checkpointers and LangGraph's store (`factory`), the application database and
+its migrations (`database`, `migrations`), `relaygraph run`'s store (`run_store`), and the
+server's Postgres saver (`caching_saver`, over `kept` and `deferred`). SQLite by default,
+Postgres in production, memory in unit tests."""
 
+from checkpoints.database import Database, open_database
 from checkpoints.factory import (
     StorageError,
     open_checkpointer,
@@ -8,7 +11,7 @@ from checkpoints.factory import (
     open_graph_store,
     storage_kind,
 )
-from checkpoints.store import AppStore, Database, open_database, open_store
+from checkpoints.run_store import AppStore, open_store
 
 __all__ = [
     "AppStore",

@@ -30,7 +30,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from checkpoints.latest import CachingPostgresSaver, LatestCheckpoints
+from checkpoints.caching_saver import CachingPostgresSaver
+from checkpoints.kept import LatestCheckpoints
 
 StorageKind = Literal["memory", "sqlite", "postgres"]
 NOT_SQLITE = "{path} is not a SQLite database ({error})."
@@ -121,7 +122,7 @@ async def open_checkpointers(
 ) -> AsyncIterator[list[BaseCheckpointSaver]]:
     """`count` Postgres savers over one pool (each runs one operation at a time), or the
     one saver of an embedded or in-memory store. `keep_latest`: on Postgres, the server's
-    savers (`checkpoints.latest.CachingPostgresSaver`), which keep the latest checkpoint of
+    savers (`checkpoints.caching_saver.CachingPostgresSaver`), which keep the latest checkpoint of
     that many threads in memory (0: none) and can defer their writes; None: LangGraph's own."""
     if storage_kind(url) == "postgres":
         async with postgres_pool(url, max_size=max(pool_size, count + 2)) as pool:

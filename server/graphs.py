@@ -10,7 +10,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
 from langgraph.store.base import BaseStore
 
-from checkpoints.latest import CachingPostgresSaver
+from checkpoints.caching_saver import CachingPostgresSaver
 from graphs import agentic_loop, local_agent, processing, triage
 from nodes.run_data import delete_under, thread_namespace
 
@@ -64,7 +64,7 @@ class GraphRegistry:
         await delete_under(self.store, thread_namespace(thread_id))
 
     def forget_checkpoint(self, thread_id: str) -> None:
-        """Drop the thread's kept checkpoint, if its saver keeps them (`checkpoints.latest`)."""
+        """Drop the thread's kept checkpoint, if its saver keeps them (`checkpoints.kept`)."""
         saver = self.saver_for(thread_id)
         if isinstance(saver, CachingPostgresSaver):
             saver.latest.forget(thread_id)

@@ -7,7 +7,7 @@ that runs its last statements and lets go, on Postgres in one network round trip
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import cast
 from weakref import WeakValueDictionary
 
 import psycopg
@@ -15,7 +15,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
 from checkpoints import Database
-from checkpoints.store import PostgresDatabase
+from checkpoints.database import PostgresDatabase, Rows, Statement, postgres_sql
 
 ADVISORY_LOCK = "SELECT pg_advisory_lock(hashtextextended(%s, 0))"
 ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
@@ -27,8 +27,6 @@ ADVISORY_XACT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 #: After a failed pipeline: no session lock may go back to the pool with its connection (the
 #: pool's connections take no advisory lock but these).
 UNLOCK_ALL = "SELECT pg_advisory_unlock_all()"
-Statement = tuple[str, Sequence[Any]]
-Rows = list[dict[str, Any]]
 
 
 def try_lock(thread_id: str) -> str:
@@ -189,5 +187,5 @@ async def _pipeline(conn: AsyncConnection[DictRow], statements: Sequence[Stateme
     at the end), committed when the pipeline ends or rolled back at the first error, and each
     has a snapshot of its own: a statement after a lock sees what was committed before it."""
     async with conn.pipeline():
-        cursors = [await conn.execute(sql.replace("?", "%s"), params) for sql, params in statements]
+        cursors = [await conn.execute(postgres_sql(sql), params) for sql, params in statements]
     return [cast(Rows, await c.fetchall()) if c.description else [] for c in cursors]

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import psycopg
 
 from checkpoints import Database
-from checkpoints.latest import CheckpointMark
-from checkpoints.store import RETRIES_PER_RUN, SELECT_RETRIES, outcome_statements
+from checkpoints.kept import CheckpointMark
+from checkpoints.run_store import RETRIES_PER_RUN, SELECT_RETRIES, outcome_statements
 from device.protocol import make_device_token
 from server.locks import try_lock
 
@@ -123,7 +123,7 @@ STEP_JOINS = (
 SELECT_STEP = f"SELECT {STEP_COLUMNS} {STEP_JOINS} WHERE r.run_id = ? ORDER BY c.seq"
 #: Postgres: the thread's latest root checkpoint and its number of stored writes (the
 #: checkpointer's tables), read with the run under its thread's lock: what the step may take
-#: from the checkpoints this process keeps (`checkpoints.latest`).
+#: from the checkpoints this process keeps (`checkpoints.kept`).
 MARK_COLUMNS = "mark.checkpoint_id AS mark_checkpoint, mark.writes AS mark_writes"
 MARK_JOIN = (
     "LEFT JOIN LATERAL (SELECT k.checkpoint_id, (SELECT count(*) FROM checkpoint_writes w "
@@ -970,7 +970,7 @@ class Repository:
 
     async def record_assistant_outcome(self, *, assistant_id: str, report: dict[str, Any]) -> None:
         """The watermark and the retry ledger a finished local-agent run leaves, in one
-        transaction (`checkpoints.store.outcome_statements`, shared with `relaygraph run`)."""
+        transaction (`checkpoints.run_store.outcome_statements`, shared with `relaygraph run`)."""
         await self.db.execute(*outcome_statements(f"assistant:{assistant_id}", report))
 
 

@@ -38,7 +38,9 @@ from langgraph.pregel import Pregel
 from langgraph.types import Command, Durability, Interrupt, StreamMode
 from pydantic import TypeAdapter, ValidationError
 
-from checkpoints.latest import Statement, deferred_writes, vouched
+from checkpoints.database import Statement
+from checkpoints.deferred import deferred_writes
+from checkpoints.kept import vouched
 from device.protocol import RunComplete, RunContext, RunProgress, ToolCallFrame, ToolResult
 from nodes.bridge import is_device_request
 from nodes.context import AgentContext

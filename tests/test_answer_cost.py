@@ -16,6 +16,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from checkpoints import Database, open_database
+from checkpoints.database import postgres_sql
 from server.locks import ThreadLocks
 from server.repository import Repository
 from tests.support.records import agentic_run, parked
@@ -123,7 +124,7 @@ async def explained(
             await conn.execute("ANALYZE")
         async with conn.transaction(force_rollback=True):
             for sql, params in statements:
-                explain = "EXPLAIN (ANALYZE, FORMAT JSON) " + sql.replace("?", "%s")
+                explain = "EXPLAIN (ANALYZE, FORMAT JSON) " + postgres_sql(sql)
                 rows = await (await conn.execute(explain, params)).fetchall()
                 read.append(rows_read(rows[0]["QUERY PLAN"][0]["Plan"]))
     return read

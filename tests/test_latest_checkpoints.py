@@ -1,4 +1,4 @@
-"""The checkpoints a server keeps in memory (`checkpoints.latest`), over a real Postgres.
+"""The checkpoints a server keeps in memory (`checkpoints.kept`, `.caching_saver`), on Postgres.
 
 A kept checkpoint is served only to a read vouched for by the thread's latest checkpoint as
 the database has it (read with the run, by the server's own statement), and it must be
@@ -22,13 +22,9 @@ from langgraph.pregel import Pregel
 from langgraph.types import Command, Durability, interrupt
 
 from checkpoints import Database, open_checkpointers, open_database
-from checkpoints.latest import (
-    CachingPostgresSaver,
-    CheckpointMark,
-    LatestCheckpoints,
-    deferred_writes,
-    vouched,
-)
+from checkpoints.caching_saver import CachingPostgresSaver
+from checkpoints.deferred import deferred_writes
+from checkpoints.kept import CheckpointMark, LatestCheckpoints, vouched
 from server.repository import Repository
 from tests.support.records import agentic_run
 

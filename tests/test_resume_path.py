@@ -23,8 +23,9 @@ from langgraph.store.memory import InMemoryStore
 from starlette.websockets import WebSocketState
 
 from checkpoints import Database, open_checkpointers, open_database
-from checkpoints.latest import CachingPostgresSaver, LatestCheckpoints
-from checkpoints.store import PostgresDatabase
+from checkpoints.caching_saver import CachingPostgresSaver
+from checkpoints.database import PostgresDatabase
+from checkpoints.kept import LatestCheckpoints
 from device.protocol import ToolResult
 from server.events import RunEvents
 from server.graphs import GraphRegistry

@@ -15,7 +15,7 @@ from langgraph.store.memory import InMemoryStore
 from starlette.websockets import WebSocketState
 
 from checkpoints import open_database
-from checkpoints.store import Database
+from checkpoints.database import Database
 from server.events import RunEvents
 from server.graphs import GraphRegistry
 from server.hub import Connection, DeviceHub

@@ -21,6 +21,7 @@ import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
+from checkpoints.database import postgres_sql
 from device import LocalDevice
 from server.repository import iso
 from tests.support.fake_openai import FakeOpenAI
@@ -65,7 +66,7 @@ class ServerDatabase:
     def _run(self, sql: str, params: Sequence[Any], *, fetch: bool) -> Any:
         if self.postgres:
             with psycopg.connect(self.url) as conn:  # commits on leaving the block
-                cursor = conn.execute(sql.replace("?", "%s"), params)
+                cursor = conn.execute(postgres_sql(sql), params)
                 return cursor.fetchall() if fetch else cursor.rowcount
         with contextlib.closing(sqlite3.connect(self.url, timeout=30)) as conn, conn:
             cursor = conn.execute(sql, params)
