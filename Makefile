@@ -23,7 +23,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check graphs nodes tools server checkpoints device llm relaygraph
+	$(VENV)/bin/ruff format --check graphs nodes tools server checkpoints device llm relaygraph harness
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)

@@ -14,7 +14,7 @@ process, so the ratio says how the cost grows with the run's open calls (1.0: no
                                       [--backends sqlite postgres]
 
 Postgres: `DATABASE_URL` if set (the tables of every measurement go to it), else a throwaway
-cluster (tests.support.postgres) that is stopped at the end. It prints a Markdown block for
+cluster (harness.postgres) that is stopped at the end. It prints a Markdown block for
 docs/benchmarks.md ("Storing answers").
 """
 
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 from bench.common import databases, preamble
 from checkpoints import Database, open_database
+from harness.records import agentic_run, parked
 from server.locks import ThreadLocks
 from server.repository import Repository
-from tests.support.records import agentic_run, parked
 
 USER, DEVICE = "bench", "bench-device"
 #: Calls parked per statement list: a Postgres statement takes at most 65,535 parameters, and

@@ -26,7 +26,7 @@ def databases(backends: Sequence[str]) -> Iterator[dict[str, Callable[[], str]]]
                 urls["postgres"] = lambda: given
             yield urls
             return
-        from tests.support.postgres import PostgresCluster
+        from harness.postgres import PostgresCluster
 
         cluster = PostgresCluster()
         cluster.start()
@@ -43,7 +43,7 @@ def preamble(module: str, argv: Sequence[str], runs: str) -> list[str]:
     postgres = (
         "`DATABASE_URL`"
         if os.environ.get("DATABASE_URL")
-        else "a throwaway local cluster (tests.support.postgres, TCP loopback, `fsync=off`)"
+        else "a throwaway local cluster (harness.postgres, TCP loopback, `fsync=off`)"
     )
     machine = (
         f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "

@@ -5,7 +5,7 @@ For each size (100, 1,000, 10,000 files by default) and model (the offline extra
 `ChatOpenAI` against the fake OpenAI server with a 128k-token window), in a process of its
 own (so peak RSS is that run's): a first run, an unchanged re-run, and a re-run after one
 file changed. Per run: model requests, the largest and the total prompt tokens (counted as
-the API counts them, `tests.support.fake_openai.prompt_tokens`), requests refused, device
+the API counts them, `harness.fake_openai.prompt_tokens`), requests refused, device
 calls and round trips, wall and CPU seconds, checkpoint bytes written, entity database bytes.
 Then the fitted growth of each (the slope of log cost over log size between the smallest and
 the largest size: 1 is linear).
@@ -39,10 +39,10 @@ from langchain_openai.chat_models.base import _convert_message_to_dict
 from bench.common import write_block
 from bench.trees import generate
 from device import LocalDevice
+from harness.fake_openai import FakeOpenAI, prompt_tokens
 from llm import load_chat_model
 from nodes.bridge import DeviceCall, DeviceResult
 from relaygraph.local_run import default_context, run_local_agent
-from tests.support.fake_openai import FakeOpenAI, prompt_tokens
 from tools.catalog import DATA_TYPES
 
 WINDOW = 128_000  # the fake model's context window

@@ -18,7 +18,7 @@ size, measured in the same process: 1.00x means the cost grows linearly with the
     .venv/bin/python -m bench.park [--sizes 1000 10000 50000] [--repeats 3]
                                    [--backends sqlite postgres]
 
-Postgres: `DATABASE_URL` if set, else a throwaway cluster (tests.support.postgres). It prints a
+Postgres: `DATABASE_URL` if set, else a throwaway cluster (harness.postgres). It prints a
 Markdown block for docs/benchmarks.md ("Storing answers").
 """
 
@@ -36,9 +36,9 @@ import psycopg
 
 from bench.common import databases, preamble
 from checkpoints import open_database
+from harness.records import agentic_run
 from server.locks import ThreadLocks
 from server.repository import Repository
-from tests.support.records import agentic_run
 
 USER, DEVICE = "bench", "bench-device"
 STEPS = ("park", "park after resume", "redeliver")

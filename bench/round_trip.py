@@ -16,7 +16,7 @@ interleaving makes both sides share its load). Runs are repeated and the median 
 
     .venv/bin/python -m bench.round_trip [--rounds N] [--backends memory sqlite postgres]
 
-Postgres: `DATABASE_URL` if set, else a throwaway cluster (tests.support.postgres) that is
+Postgres: `DATABASE_URL` if set, else a throwaway cluster (harness.postgres) that is
 stopped at the end. `--write-docs` records the table in docs/benchmarks.md; `--profile`
 prints where the time of one extra run of each side goes (cProfile).
 """
@@ -356,7 +356,7 @@ def storage(backends: Sequence[Backend]) -> Iterator[dict[Backend, Callable[[str
             urls["postgres"] = lambda label: given
             yield urls
             return
-        from tests.support.postgres import PostgresCluster
+        from harness.postgres import PostgresCluster
 
         cluster = PostgresCluster()
         cluster.start()
@@ -424,7 +424,7 @@ def report_block(results: Sequence[BackendResult], args: argparse.Namespace) -> 
     postgres = (
         "`DATABASE_URL`"
         if os.environ.get("DATABASE_URL")
-        else "a throwaway local cluster (tests.support.postgres: PostgreSQL over TCP "
+        else "a throwaway local cluster (harness.postgres: PostgreSQL over TCP "
         "loopback, `fsync=off`), a new database per run"
     )
     return "\n".join(

@@ -28,7 +28,7 @@ from langgraph_sdk import get_client
 
 from bench.common import databases, preamble, write_block
 from bench.trees import generate
-from tests.support.processes import DeviceProcess, ServerProcess
+from harness.processes import DeviceProcess, ServerProcess
 
 USER, DEVICE = "bench", "bench-device"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"

@@ -30,7 +30,7 @@ goes to the outbox and out over the socket.
 
     .venv/bin/python -m bench.server [--only a|b|c ...] [--write-docs] [--profile]
 
-Postgres: `DATABASE_URL` if set, else a throwaway cluster (tests.support.postgres) that is
+Postgres: `DATABASE_URL` if set, else a throwaway cluster (harness.postgres) that is
 stopped at the end. `--write-docs` records the tables in docs/benchmarks.md (section
 "Server"). `--profile` then prints, for (a), the database round trips and messages built per
 round trip on each side (deterministic counts) and a cProfile of the full stack's round
@@ -83,6 +83,7 @@ from bench.round_trip import (
 )
 from checkpoints.factory import open_checkpointer, open_checkpointers
 from graphs.agentic_loop import build as build_agentic_loop
+from harness.processes import free_port
 from llm.offline import ToolBindingChatModel
 from nodes.context import AgentContext
 from nodes.state import Plan, StepVerdict
@@ -90,7 +91,6 @@ from server.api.runs import RunCreate, create_run
 from server.app import create_app
 from server.services import Services
 from server.settings import Settings
-from tests.support.processes import free_port
 
 Backend = Literal["sqlite", "postgres"]
 #: (a)'s three sides: the minimal loop, the same graph without the server, the full stack.
@@ -1032,7 +1032,7 @@ def postgres_note() -> str:
     if os.environ.get("DATABASE_URL"):
         return "`DATABASE_URL`"
     return (
-        "a throwaway local cluster (tests.support.postgres: PostgreSQL over TCP loopback, "
+        "a throwaway local cluster (harness.postgres: PostgreSQL over TCP loopback, "
         "`fsync=off`), a new database per server"
     )
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from device import LocalDevice
-from tests.support.postgres import PostgresCluster
+from harness.postgres import PostgresCluster
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample"

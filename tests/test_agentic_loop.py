@@ -17,13 +17,13 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolCall
 from checkpoints import open_checkpointer
 from device import LocalDevice
 from graphs import agentic_loop
+from harness.fake_openai import FakeOpenAI
 from llm import load_chat_model
 from nodes.agentic_loop import EMPTY_PLAN, TASK_TOO_LONG
 from nodes.context import AgentContext
 from relaygraph import runner
 from tests.conftest import REPO
 from tests.support.agent import tool_turn
-from tests.support.fake_openai import FakeOpenAI
 from tests.support.scripted import ScriptedChatModel
 from tests.test_kill_resume import wait_for
 

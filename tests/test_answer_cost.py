@@ -17,9 +17,9 @@ from psycopg.rows import dict_row
 
 from checkpoints import Database, open_database
 from checkpoints.database import postgres_sql
+from harness.records import agentic_run, parked
 from server.locks import ThreadLocks
 from server.repository import Repository
-from tests.support.records import agentic_run, parked
 
 USER, DEVICE = "ana", "laptop"
 #: Two sizes: with no statistics yet, Postgres 15 plans a lookup of a call by its id and its

@@ -22,6 +22,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 import nodes.triage
 from device import LocalDevice
+from harness.fake_openai import FakeOpenAI, prompt_tokens
 from llm import load_chat_model
 from llm.tokens import (
     MESSAGE_OVERHEAD,
@@ -34,7 +35,6 @@ from nodes.bridge import DeviceCall, DeviceResult
 from nodes.context import AgentContext
 from nodes.payloads import GROUP_KIND
 from relaygraph.local_run import LocalRun, default_context, run_local_agent
-from tests.support.fake_openai import FakeOpenAI, prompt_tokens
 from tools.catalog import DATA_TYPES, tools_for_data_types
 
 BUDGET = 12_000  # tokens: the sample tree below needs many chunks at this size

@@ -101,7 +101,7 @@ def test_bad_input_gets_a_clear_message_and_no_traceback(
 
 def test_model_that_answers_garbage_fails_the_run_clearly(tmp_path: Path, workspace: Path) -> None:
     """A server that answers every request with prose instead of the triage tool call."""
-    from tests.support.fake_openai import INVALID_TRIAGE, TRIAGE, FakeOpenAI
+    from harness.fake_openai import INVALID_TRIAGE, TRIAGE, FakeOpenAI
 
     with FakeOpenAI() as server:
         for _ in range(3):
@@ -125,7 +125,7 @@ def test_model_that_answers_garbage_fails_the_run_clearly(tmp_path: Path, worksp
 def test_unreachable_model_fails_clearly_and_the_run_continues_later(
     tmp_path: Path, workspace: Path
 ) -> None:
-    from tests.support.fake_openai import FakeOpenAI
+    from harness.fake_openai import FakeOpenAI
 
     down = {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_API_KEY": "test"}
     result = relaygraph(tmp_path, "run", str(workspace), "--db", "e.db", env=down)

@@ -13,7 +13,7 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
-from tests.support.fake_openai import (
+from harness.fake_openai import (
     ENCODING,
     MALFORMED_TOOL_CALL,
     FakeOpenAI,

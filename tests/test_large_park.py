@@ -6,8 +6,8 @@ row of parameters per call passed at about 6,000 calls), on SQLite and Postgres 
 from typing import Any
 
 from checkpoints import open_database
+from harness.records import agentic_run, parked
 from server.repository import Repository
-from tests.support.records import agentic_run, parked
 
 USER, DEVICE = "ana", "laptop"
 #: Past the 5,957 calls of 11 parameters each that fit in one Postgres statement.

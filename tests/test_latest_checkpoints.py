@@ -25,8 +25,8 @@ from checkpoints import Database, open_checkpointers, open_database
 from checkpoints.caching_saver import CachingPostgresSaver
 from checkpoints.deferred import deferred_writes
 from checkpoints.kept import CheckpointMark, LatestCheckpoints, vouched
+from harness.records import agentic_run
 from server.repository import Repository
-from tests.support.records import agentic_run
 
 USER = "ana"
 QUESTIONS = 3

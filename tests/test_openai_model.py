@@ -18,13 +18,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langchain_openai import ChatOpenAI
 
 from device import LocalDevice
-from llm import load_chat_model
-from nodes.context import AgentContext
-from nodes.payloads import TRIAGE_KIND, payload_message
-from nodes.state import TriageAnswer
-from nodes.triage import TRIAGE_ATTEMPTS, TRIAGE_FAILED
-from relaygraph.local_run import LocalRun, default_context, run_local_agent
-from tests.support.fake_openai import (
+from harness.fake_openai import (
     GHOST_FILE,
     INVALID_TRIAGE,
     MALFORMED_TOOL_CALL,
@@ -33,6 +27,12 @@ from tests.support.fake_openai import (
     TRIAGE_TOOL,
     FakeOpenAI,
 )
+from llm import load_chat_model
+from nodes.context import AgentContext
+from nodes.payloads import TRIAGE_KIND, payload_message
+from nodes.state import TriageAnswer
+from nodes.triage import TRIAGE_ATTEMPTS, TRIAGE_FAILED
+from relaygraph.local_run import LocalRun, default_context, run_local_agent
 from tools.catalog import DATA_TYPES
 
 # What the offline rules find in sample/: two project folders, eight checklist and TODO

@@ -11,9 +11,9 @@ import pytest
 
 from checkpoints import open_database
 from checkpoints.factory import IdleCheck
+from harness.records import agentic_run, parked
 from server.locks import ThreadLocks
 from server.repository import Execution, Repository
-from tests.support.records import agentic_run, parked
 
 USER = "ana"
 DEVICE = "laptop"

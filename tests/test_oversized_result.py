@@ -17,8 +17,8 @@ from langgraph_sdk import get_client
 from websockets.asyncio.client import ClientConnection, connect
 
 from device.protocol import SERVER_FRAME, ErrorFrame, HelloOk, ToolCallFrame
+from harness.processes import ServerProcess
 from server.api.devices import MAX_FRAME
-from tests.support.processes import ServerProcess
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.slow

@@ -27,6 +27,7 @@ from checkpoints.caching_saver import CachingPostgresSaver
 from checkpoints.database import PostgresDatabase
 from checkpoints.kept import LatestCheckpoints
 from device.protocol import ToolResult
+from harness.records import agentic_run, parked
 from server.events import RunEvents
 from server.graphs import GraphRegistry
 from server.hub import Connection, DeviceHub
@@ -34,7 +35,6 @@ from server.locks import ThreadLocks
 from server.repository import Repository
 from server.runs import INTERRUPT, RunManager
 from tests.support import loop_brain
-from tests.support.records import agentic_run, parked
 from tests.support.scripted import ScriptedChatModel
 
 USER, DEVICE = "ana", "laptop"

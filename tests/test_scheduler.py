@@ -16,6 +16,7 @@ from starlette.websockets import WebSocketState
 
 from checkpoints import open_database
 from checkpoints.database import Database
+from harness.records import parked as park
 from server.events import RunEvents
 from server.graphs import GraphRegistry
 from server.hub import Connection, DeviceHub
@@ -24,7 +25,6 @@ from server.repository import Repository, iso
 from server.runs import RunManager
 from server.schedule import next_fire, parse_schedule
 from server.scheduler import Scheduler
-from tests.support.records import parked as park
 from tests.support.scripted import ScriptedChatModel
 
 USER = "ana"

@@ -23,9 +23,9 @@ from langgraph_sdk.client import LangGraphClient
 
 from checkpoints.database import postgres_sql
 from device import LocalDevice
+from harness.fake_openai import FakeOpenAI
+from harness.processes import DeviceProcess, ServerProcess, clean_env
 from server.repository import iso
-from tests.support.fake_openai import FakeOpenAI
-from tests.support.processes import DeviceProcess, ServerProcess, clean_env
 from tests.support.waiting import until
 from tests.test_kill_resume import EXPECTED_ROWS
 

@@ -22,7 +22,7 @@ import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
-from tests.support.processes import ServerProcess
+from harness.processes import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -29,8 +29,8 @@ from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
 from device import LocalDevice
-from tests.support.fake_openai import PROCESSING, TRIAGE, FakeOpenAI, Hold
-from tests.support.processes import DeviceProcess, ServerProcess, clean_env
+from harness.fake_openai import PROCESSING, TRIAGE, FakeOpenAI, Hold
+from harness.processes import DeviceProcess, ServerProcess, clean_env
 from tests.support.tcp_relay import TcpRelay
 from tests.support.waiting import until
 from tests.test_kill_resume import EXPECTED_ROWS

@@ -40,9 +40,9 @@ from device.protocol import (
     ToolResult,
     ToolResultHead,
 )
+from harness.processes import DeviceProcess, ServerProcess
 from server.api.devices import MAX_FRAME
 from tests.conftest import SAMPLE
-from tests.support.processes import DeviceProcess, ServerProcess
 
 pytestmark = pytest.mark.slow
 
