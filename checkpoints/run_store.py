@@ -5,9 +5,9 @@ from (the watermark and the ledger of files to retry, shared with the server's a
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
+from checkpoints.clock import now
 from checkpoints.database import Database, Statement, open_database
 
 SELECT_UNFINISHED = (
@@ -47,7 +47,7 @@ def outcome_statements(agent_key: str, report: dict[str, Any]) -> list[Statement
     if report.get("watermark"):
         statements.append((UPSERT_WATERMARK, (agent_key, report["watermark"])))
     statements += [(DELETE_RETRY, (agent_key, path)) for path in report.get("retried") or []]
-    stamp = _now()
+    stamp = now()
     statements += [
         (UPSERT_RETRY, (agent_key, f["path"], f["error"][:1_000], stamp))
         for f in report.get("failed_files") or []
@@ -67,13 +67,13 @@ class AppStore:
         return str(rows[0]["thread_id"]) if rows else None
 
     async def start_run(self, thread_id: str, agent_key: str) -> None:
-        await self.db.execute((INSERT_RUN, (thread_id, agent_key, _now())))
+        await self.db.execute((INSERT_RUN, (thread_id, agent_key, now())))
 
     async def finish_run(self, thread_id: str, agent_key: str, report: dict[str, Any]) -> None:
         """Record the outcome and, in the same transaction, what the next run starts from:
         the watermark and the ledger of files to retry (`outcome_statements`)."""
         await self.db.execute(
-            (FINISH_RUN, (report["status"], _now(), json.dumps(report), thread_id)),
+            (FINISH_RUN, (report["status"], now(), json.dumps(report), thread_id)),
             *outcome_statements(agent_key, report),
         )
 
@@ -93,7 +93,3 @@ async def open_store(url: str) -> AsyncIterator[AppStore]:
     """The application store of `relaygraph run` in the database `url` names."""
     async with open_database(url, pool_size=2) as db:
         yield AppStore(db)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()

@@ -16,11 +16,11 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
 from langgraph.types import Command, Durability, StateSnapshot
 
+from graphs import RECURSION_LIMIT
 from nodes.bridge import DeviceCall, DeviceResult, is_device_request
 
 UNKNOWN_THREAD = "No run is stored for thread {thread_id}; there is nothing to resume."
 NOT_A_DEVICE_CALL = "The run is waiting for something other than a device call: {value!r}"
-RECURSION_LIMIT = 200
 
 Update = Callable[[tuple[str, ...], dict[str, Any]], None]
 Progress = Callable[[dict[str, Any]], None]

@@ -56,7 +56,6 @@ def create_app(settings: Settings | None = None, *, model: BaseChatModel | None 
             app.state.services = Services(
                 settings=settings,
                 repo=repo,
-                saver=savers[0],
                 graphs=graphs,
                 hub=hub,
                 events=events,

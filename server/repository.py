@@ -12,25 +12,17 @@ import sqlite3
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
 
 from checkpoints import Database
+from checkpoints.clock import now
 from checkpoints.kept import CheckpointMark
 from checkpoints.run_store import RETRIES_PER_RUN, SELECT_RETRIES, outcome_statements
 from device.protocol import make_device_token
 from server.locks import try_lock
-
-
-def iso(moment: datetime) -> str:
-    """A fixed-width UTC timestamp: text order is time order, on SQLite and Postgres alike."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
-
-
-def now() -> str:
-    return iso(datetime.now(UTC))
 
 
 def _hash(secret: str) -> str:

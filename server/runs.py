@@ -42,6 +42,7 @@ from checkpoints.database import Statement
 from checkpoints.deferred import deferred_writes
 from checkpoints.kept import vouched
 from device.protocol import RunComplete, RunContext, RunProgress, ToolCallFrame, ToolResult
+from graphs import RECURSION_LIMIT
 from nodes.bridge import is_device_request
 from nodes.context import AgentContext
 from server.events import RunEvents
@@ -59,7 +60,6 @@ from server.repository import (
 
 log = logging.getLogger(__name__)
 
-RECURSION_LIMIT = 200
 RUN_ID_KEY = "relaygraph_run_id"
 CONTEXT = TypeAdapter(AgentContext)
 RUN_FAILED = "{kind}: {message}"

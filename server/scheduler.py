@@ -13,15 +13,15 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from checkpoints import Database
+from checkpoints.clock import iso, utcnow
+from checkpoints.clock import now as now_text
+from server.crontab import next_fire, parse_schedule
 from server.hub import DeviceHub
-from server.repository import iso
-from server.repository import now as now_text
 from server.runs import RunManager
-from server.schedule import next_fire, parse_schedule
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,6 @@ ADVANCE = (
 MARK_OVERDUE = "UPDATE crons SET overdue = 1 WHERE cron_id = ?"
 DISABLE = "UPDATE crons SET enabled = 0, next_run_at = NULL, updated_at = ? WHERE cron_id = ?"
 CLAIM_BATCH = 100
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Scheduler:

@@ -3,8 +3,6 @@
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from langgraph.checkpoint.base import BaseCheckpointSaver
-
 from server.events import RunEvents
 from server.graphs import GraphRegistry
 from server.hub import DeviceHub
@@ -22,7 +20,6 @@ class Services:
 
     settings: Settings
     repo: Repository
-    saver: BaseCheckpointSaver
     graphs: GraphRegistry
     hub: DeviceHub
     events: RunEvents

@@ -15,15 +15,16 @@ from langgraph.store.memory import InMemoryStore
 from starlette.websockets import WebSocketState
 
 from checkpoints import open_database
+from checkpoints.clock import iso
 from checkpoints.database import Database
 from harness.records import parked as park
+from server.crontab import next_fire, parse_schedule
 from server.events import RunEvents
 from server.graphs import GraphRegistry
 from server.hub import Connection, DeviceHub
 from server.locks import ThreadLocks
-from server.repository import Repository, iso
+from server.repository import Repository
 from server.runs import RunManager
-from server.schedule import next_fire, parse_schedule
 from server.scheduler import Scheduler
 from tests.support.scripted import ScriptedChatModel
 

@@ -3,7 +3,7 @@
 
 Time passing is simulated, never waited for: a test makes a cron due by writing a past
 `next_run_at` into the server's database (in the same fixed-width format the server
-writes, `server.repository.iso`), and the scheduler, ticking every 0.3 s, fires it. Every
+writes, `checkpoints.clock.iso`), and the scheduler, ticking every 0.3 s, fires it. Every
 wait is a poll with a deadline; nothing asserts on how long anything took.
 """
 
@@ -21,11 +21,11 @@ import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
+from checkpoints.clock import iso
 from checkpoints.database import postgres_sql
 from device import LocalDevice
 from harness.fake_openai import FakeOpenAI
 from harness.processes import DeviceProcess, ServerProcess, clean_env
-from server.repository import iso
 from tests.support.waiting import until
 from tests.test_kill_resume import EXPECTED_ROWS
 

@@ -8,11 +8,11 @@ from fastapi import APIRouter, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
+from checkpoints.clock import iso
 from server.api.assistants import resolve_assistant
 from server.api.deps import CurrentUser, JSONBodyRoute, ServicesDep, not_found
 from server.api.threads import user_thread
-from server.repository import iso
-from server.schedule import Schedule, ScheduleError, next_fire, parse_schedule
+from server.crontab import Schedule, ScheduleError, next_fire, parse_schedule
 
 router = APIRouter(tags=["crons"], route_class=JSONBodyRoute)
 

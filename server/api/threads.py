@@ -5,9 +5,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from graphs import RECURSION_LIMIT
 from server.api.deps import ID_PATTERN, CurrentUser, JSONBodyRoute, ServicesDep, not_found
 from server.api.serialize import empty_state, thread_state
-from server.runs import RECURSION_LIMIT
 from server.services import Services
 
 router = APIRouter(prefix="/threads", tags=["threads"], route_class=JSONBodyRoute)

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from server.schedule import ScheduleError, next_fire, parse_schedule
+from server.crontab import ScheduleError, next_fire, parse_schedule
 
 
 def fires(expr: str, tz: str, start: datetime, count: int) -> list[datetime]:
