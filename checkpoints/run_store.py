@@ -1,62 +1,30 @@
-"""The store of `relaygraph run`: its run records, and what each agent's next run starts
-from (the watermark and the ledger of files to retry, shared with the server's assistants).
-"""
+"""The store of `relaygraph run`: a record per run of an agent (so a killed run resumes its
+thread), and, through `checkpoints.agent_progress`, where the agent's next run starts."""
 
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from checkpoints import agent_progress
 from checkpoints.clock import now
-from checkpoints.database import Database, Statement, open_database
+from checkpoints.database import Database, open_database
 
 SELECT_UNFINISHED = (
     "SELECT thread_id FROM relaygraph_runs WHERE agent_key = ? AND status = 'running' "
     "ORDER BY started_at DESC LIMIT 1"
 )
-INSERT_RUN = (
+INSERT_AGENT_RUN = (
     "INSERT INTO relaygraph_runs (thread_id, agent_key, status, started_at) "
     "VALUES (?, ?, 'running', ?)"
 )
-FINISH_RUN = (
+FINISH_AGENT_RUN = (
     "UPDATE relaygraph_runs SET status = ?, finished_at = ?, report = ? WHERE thread_id = ?"
 )
-SELECT_WATERMARK = "SELECT modified_since FROM relaygraph_watermarks WHERE agent_key = ?"
-UPSERT_WATERMARK = (
-    "INSERT INTO relaygraph_watermarks (agent_key, modified_since) VALUES (?, ?) "
-    "ON CONFLICT (agent_key) DO UPDATE SET modified_since = excluded.modified_since"
-)
-
-SELECT_RETRIES = (
-    "SELECT path FROM relaygraph_file_retries WHERE agent_key = ? ORDER BY failed_at, path LIMIT ?"
-)
-DELETE_RETRY = "DELETE FROM relaygraph_file_retries WHERE agent_key = ? AND path = ?"
-UPSERT_RETRY = (
-    "INSERT INTO relaygraph_file_retries (agent_key, path, error, failed_at) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (agent_key, path) DO UPDATE SET error = excluded.error"
-)
-#: Files retried in one run (the triage takes at most as many; the rest wait their turn).
-RETRIES_PER_RUN = 1_000
-
-
-def outcome_statements(agent_key: str, report: dict[str, Any]) -> list[Statement]:
-    """What a finished run changes for the next one, in its own transaction: the watermark
-    moves (unless the run failed as a whole), the files it retried leave the ledger, and
-    the files it could not process enter it (retried next run, changed or not)."""
-    statements: list[Statement] = []
-    if report.get("watermark"):
-        statements.append((UPSERT_WATERMARK, (agent_key, report["watermark"])))
-    statements += [(DELETE_RETRY, (agent_key, path)) for path in report.get("retried") or []]
-    stamp = now()
-    statements += [
-        (UPSERT_RETRY, (agent_key, f["path"], f["error"][:1_000], stamp))
-        for f in report.get("failed_files") or []
-    ]
-    return statements
 
 
 class AppStore:
-    """Run records and watermarks of the agents this process runs."""
+    """Run records, watermarks and retry ledgers of the agents `relaygraph run` runs."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -67,25 +35,21 @@ class AppStore:
         return str(rows[0]["thread_id"]) if rows else None
 
     async def start_run(self, thread_id: str, agent_key: str) -> None:
-        await self.db.execute((INSERT_RUN, (thread_id, agent_key, now())))
+        await self.db.execute((INSERT_AGENT_RUN, (thread_id, agent_key, now())))
 
     async def finish_run(self, thread_id: str, agent_key: str, report: dict[str, Any]) -> None:
-        """Record the outcome and, in the same transaction, what the next run starts from:
-        the watermark and the ledger of files to retry (`outcome_statements`)."""
+        """Record the outcome and, in the same transaction, what the next run starts from
+        (`agent_progress.outcome_statements`)."""
         await self.db.execute(
-            (FINISH_RUN, (report["status"], now(), json.dumps(report), thread_id)),
-            *outcome_statements(agent_key, report),
+            (FINISH_AGENT_RUN, (report["status"], now(), json.dumps(report), thread_id)),
+            *agent_progress.outcome_statements(agent_key, report),
         )
 
     async def retry_files(self, agent_key: str) -> list[str]:
-        """The files earlier runs could not process, oldest failure first."""
-        rows = await self.db.fetch(SELECT_RETRIES, agent_key, RETRIES_PER_RUN)
-        return [str(r["path"]) for r in rows]
+        return await agent_progress.retry_files(self.db, agent_key)
 
     async def watermark(self, agent_key: str) -> str | None:
-        """The "modified since" for this agent's next run (None: process everything)."""
-        rows = await self.db.fetch(SELECT_WATERMARK, agent_key)
-        return str(rows[0]["modified_since"]) if rows else None
+        return await agent_progress.watermark(self.db, agent_key)
 
 
 @asynccontextmanager

@@ -17,10 +17,9 @@ from typing import Any, Literal
 
 import psycopg
 
-from checkpoints import Database
+from checkpoints import Database, agent_progress
 from checkpoints.clock import now
 from checkpoints.kept import CheckpointMark
-from checkpoints.run_store import RETRIES_PER_RUN, SELECT_RETRIES, outcome_statements
 from device.protocol import make_device_token
 from server.locks import try_lock
 
@@ -327,7 +326,6 @@ ASSISTANT_RUNS = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE assistant_id = ? AND user_id = ? "
     "ORDER BY created_at DESC"
 )
-SELECT_ASSISTANT_WATERMARK = "SELECT modified_since FROM relaygraph_watermarks WHERE agent_key = ?"
 
 
 AnswerOutcome = Literal["stored", "duplicate", "late", "unknown"]
@@ -952,18 +950,21 @@ class Repository:
         return rows[offset : offset + limit]
 
     async def assistant_watermark(self, assistant_id: str) -> str | None:
-        rows = await self.db.fetch(SELECT_ASSISTANT_WATERMARK, f"assistant:{assistant_id}")
-        return str(rows[0]["modified_since"]) if rows else None
+        return await agent_progress.watermark(self.db, _agent_key(assistant_id))
 
     async def assistant_retries(self, assistant_id: str) -> list[str]:
         """The files the assistant's earlier runs could not process (retried next run)."""
-        rows = await self.db.fetch(SELECT_RETRIES, f"assistant:{assistant_id}", RETRIES_PER_RUN)
-        return [str(r["path"]) for r in rows]
+        return await agent_progress.retry_files(self.db, _agent_key(assistant_id))
 
     async def record_assistant_outcome(self, *, assistant_id: str, report: dict[str, Any]) -> None:
         """The watermark and the retry ledger a finished local-agent run leaves, in one
-        transaction (`checkpoints.run_store.outcome_statements`, shared with `relaygraph run`)."""
-        await self.db.execute(*outcome_statements(f"assistant:{assistant_id}", report))
+        transaction (`checkpoints.agent_progress`, shared with `relaygraph run`)."""
+        await self.db.execute(*agent_progress.outcome_statements(_agent_key(assistant_id), report))
+
+
+def _agent_key(assistant_id: str) -> str:
+    """The assistant's key in `checkpoints.agent_progress`."""
+    return f"assistant:{assistant_id}"
 
 
 def claim_and_read(
