@@ -61,7 +61,7 @@ def cpu_seconds(pid: int) -> float:
 
 def device_calls(entities: Path) -> int:
     with sqlite3.connect(f"file:{entities}?mode=ro", uri=True) as db:
-        return int(db.execute("SELECT count(*) FROM device_calls").fetchone()[0])
+        return int(db.execute("SELECT count(*) FROM call_results").fetchone()[0])
 
 
 async def first_run(server: ServerProcess, key: str, root: Path) -> dict[str, Any]:

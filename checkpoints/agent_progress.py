@@ -5,7 +5,8 @@ its runs could not process, retried on the next run whether changed or not."""
 from typing import Any
 
 from checkpoints.clock import now
-from checkpoints.database import Database, Statement
+from checkpoints.database import Database
+from checkpoints.sql import Statement
 
 SELECT_WATERMARK = "SELECT modified_since FROM relaygraph_watermarks WHERE agent_key = ?"
 UPSERT_WATERMARK = (

@@ -17,17 +17,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.factory import NOT_SQLITE, StorageError, postgres_pool, sqlite_path, storage_kind
 from checkpoints.migrations import migrate
+from checkpoints.sql import Statement, postgres_sql
 
 SQLITE_BUSY_MS = 10_000
 T = TypeVar("T")
-Statement = tuple[str, Sequence[Any]]
-Rows = list[dict[str, Any]]
-
-
-def postgres_sql(sql: str) -> str:
-    """`sql` for psycopg: its `?` placeholders as `%s` (the application's SQL holds no `?`
-    but placeholders)."""
-    return sql.replace("?", "%s")
 
 
 class Transaction(Protocol):

@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS timelines (
     DEFAULT '', projectId TEXT, completed INTEGER NOT NULL DEFAULT 0,
     isAiSuggested INTEGER NOT NULL DEFAULT 0, isApproved INTEGER NOT NULL DEFAULT 1,
     createdAt TEXT NOT NULL, updatedAt TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS device_calls (
+CREATE TABLE IF NOT EXISTS call_results (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, ok INTEGER NOT NULL, payload TEXT NOT NULL,
     executedAt TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS projects_by_name ON projects (lower(name), createdAt, id);
@@ -83,6 +83,14 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def _rename_result_log(db: sqlite3.Connection) -> None:
+    """Databases made before the result log was named `call_results` (`device_calls`, the
+    name of the server's outbox) keep their rows under the new name."""
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "device_calls" in tables and "call_results" not in tables:
+        db.execute("ALTER TABLE device_calls RENAME TO call_results")
+
+
 class LocalDevice:
     """The user's computer: folders under `roots` and the app's SQLite entity database."""
 
@@ -104,6 +112,7 @@ class LocalDevice:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             db.row_factory = sqlite3.Row
+            _rename_result_log(db)
             db.executescript(SCHEMA)
         except (sqlite3.DatabaseError, OSError) as exc:
             raise DeviceDatabaseError(NOT_A_DATABASE.format(path=path, error=exc)) from exc
@@ -129,7 +138,7 @@ class LocalDevice:
         try:
             for call in calls:
                 stored = self._db.execute(
-                    "SELECT ok, payload FROM device_calls WHERE id = ?", (call["id"],)
+                    "SELECT ok, payload FROM call_results WHERE id = ?", (call["id"],)
                 ).fetchone()
                 if stored is not None:
                     results[call["id"]] = _result(bool(stored["ok"]), json.loads(stored["payload"]))
@@ -141,7 +150,7 @@ class LocalDevice:
                     result = DeviceResult(ok=False, error=str(exc))
                 payload = result.get("result") if result["ok"] else result.get("error")
                 self._db.execute(
-                    "INSERT INTO device_calls (id, name, ok, payload, executedAt) "
+                    "INSERT INTO call_results (id, name, ok, payload, executedAt) "
                     "VALUES (?,?,?,?,?)",
                     (call["id"], call["name"], int(result["ok"]), json.dumps(payload), _now()),
                 )
@@ -439,7 +448,7 @@ class LocalDevice:
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         """Every row of one entity table."""
-        if table not in (*ENTITY_TABLES, "task_comments", "device_calls"):
+        if table not in (*ENTITY_TABLES, "task_comments", "call_results"):
             raise ValueError(table)
         return [_row(r) for r in self._db.execute(f"SELECT * FROM {table}")]
 

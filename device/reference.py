@@ -24,7 +24,7 @@ call's effect, and answers a repeated id with the stored result without running 
 again. Storing the result separately (before or after the effect) opens a window in which a
 crash leaves an effect without a result (the redelivered call then creates the task twice) or
 a result without an effect. `LocalDevice.execute_one` keeps this rule; a port must keep it in
-its own database (one transaction: effect + `device_calls` row). Running calls one at a time
+its own database (one transaction: effect + `call_results` row). Running calls one at a time
 is part of the same rule: the store is one SQLite connection, and two transactions
 interleaved on one connection are one transaction.
 

@@ -15,7 +15,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
 from checkpoints import Database
-from checkpoints.database import PostgresDatabase, Rows, Statement, postgres_sql
+from checkpoints.database import PostgresDatabase
+from checkpoints.sql import Rows, Statement, postgres_sql
 
 ADVISORY_LOCK = "SELECT pg_advisory_lock(hashtextextended(%s, 0))"
 ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"

@@ -38,9 +38,9 @@ from langgraph.pregel import Pregel
 from langgraph.types import Command, Durability, Interrupt, StreamMode
 from pydantic import TypeAdapter, ValidationError
 
-from checkpoints.database import Statement
 from checkpoints.deferred import deferred_writes
 from checkpoints.kept import vouched
+from checkpoints.sql import Statement
 from device.protocol import RunComplete, RunContext, RunProgress, ToolCallFrame, ToolResult
 from graphs import RECURSION_LIMIT
 from nodes.bridge import is_device_request

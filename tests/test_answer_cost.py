@@ -16,7 +16,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from checkpoints import Database, open_database
-from checkpoints.database import postgres_sql
+from checkpoints.sql import postgres_sql
 from harness.records import agentic_run, parked
 from server.locks import ThreadLocks
 from server.repository import Repository

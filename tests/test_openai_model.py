@@ -191,7 +191,7 @@ async def test_triage_invalid_on_every_attempt_ends_in_error(
     assert report["outcomes"] == []
     assert report["created"] == {}
     assert device.count_rows() == dict.fromkeys(SAMPLE_ROWS, 0)
-    assert device.rows("device_calls") != []  # the scan did reach the device
+    assert device.rows("call_results") != []  # the scan did reach the device
 
 
 # ── The fake server itself ────────────────────────────────────────────────────

@@ -156,7 +156,7 @@ async def test_hello_then_a_call_runs_once_and_a_repeated_id_replays(harness: Ha
     tasks = harness.rows("tasks")
     assert len(tasks) == 1
     assert tasks[0]["id"] == first["result"]["id"]
-    assert len(harness.rows("device_calls")) == 1
+    assert len(harness.rows("call_results")) == 1
     assert any("replayed create_task" in e for e in harness.events)
 
 
@@ -332,7 +332,7 @@ async def test_an_unexpected_failure_is_answered_and_not_stored(harness: Harness
         assert (await call(ws, "c-next", "list_notes"))["ok"] is True
     await harness.finish()
     # Rolled back as a whole: nothing stored, so a redelivery runs it again (it had no effect).
-    assert [c["id"] for c in harness.rows("device_calls")] == ["c-next"]
+    assert [c["id"] for c in harness.rows("call_results")] == ["c-next"]
 
 
 async def test_a_bad_argument_is_an_ordinary_stored_failure(harness: Harness) -> None:
@@ -345,7 +345,7 @@ async def test_a_bad_argument_is_an_ordinary_stored_failure(harness: Harness) ->
     await harness.finish()
     assert result["ok"] is False and "ISO 8601" in result["error"]
     assert unknown["ok"] is False and "no fields named colour" in unknown["error"]
-    assert {c["id"] for c in harness.rows("device_calls")} == {"c-bad-date", "c-bad-field"}
+    assert {c["id"] for c in harness.rows("call_results")} == {"c-bad-date", "c-bad-field"}
 
 
 async def test_the_socket_is_read_while_a_batch_runs(

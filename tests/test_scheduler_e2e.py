@@ -22,7 +22,7 @@ from langgraph_sdk import get_client
 from langgraph_sdk.client import LangGraphClient
 
 from checkpoints.clock import iso
-from checkpoints.database import postgres_sql
+from checkpoints.sql import postgres_sql
 from device import LocalDevice
 from harness.fake_openai import FakeOpenAI
 from harness.processes import DeviceProcess, ServerProcess, clean_env
@@ -211,10 +211,10 @@ class Stack:
             local.close()
 
     def device_calls(self) -> dict[str, str]:
-        """Call id -> tool name of every call the device ran (its `device_calls` table)."""
+        """Call id -> tool name of every call the device ran (its `call_results` table)."""
         local = LocalDevice([self.workspace], self.entities)
         try:
-            return {str(r["id"]): str(r["name"]) for r in local.rows("device_calls")}
+            return {str(r["id"]): str(r["name"]) for r in local.rows("call_results")}
         finally:
             local.close()
 

@@ -140,13 +140,13 @@ class Stack:
         return [p.read_text(errors="replace") for p in sorted(self.tmp.glob("device-*.log"))]
 
     def executed(self) -> dict[str, str]:
-        """Call id -> tool name of every call the device ran (its `device_calls` table)."""
+        """Call id -> tool name of every call the device ran (its `call_results` table)."""
         if not self.entities.exists():
             return {}
         uri = f"file:{self.entities}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
             try:
-                return dict(db.execute("SELECT id, name FROM device_calls").fetchall())
+                return dict(db.execute("SELECT id, name FROM call_results").fetchall())
             except sqlite3.OperationalError:  # the device has not created its tables yet
                 return {}
 
@@ -296,7 +296,7 @@ def check_device_side(stack: Stack, values: dict[str, Any]) -> None:
     try:
         counts = local.count_rows()
         tables = {t: local.rows(t) for t in EXPECTED_ROWS}
-        calls = local.rows("device_calls")
+        calls = local.rows("call_results")
     finally:
         local.close()
     context = stack.logs()
@@ -315,7 +315,7 @@ def check_device_side(stack: Stack, values: dict[str, Any]) -> None:
     assert len(creates) == sum(EXPECTED_ROWS.values()), creates
 
     # Every call ran exactly once over all device processes, and each one that ran is
-    # stored with its result (a repeat was answered from `device_calls`, never re-run).
+    # stored with its result (a repeat was answered from `call_results`, never re-run).
     ran = Counter(
         call_id
         for log in stack.device_logs()
