@@ -37,7 +37,6 @@ async def begin(state: LocalAgentInput, runtime: Runtime[AgentContext]) -> dict[
         "groups": [],
         "files_scanned": 0,
         "chunks": 0,
-        "waves": 0,
         "wave_number": 0,
         "wave": [],
         "chunks_done": Overwrite(0),
@@ -70,7 +69,7 @@ async def plan(state: LocalAgentState, runtime: Runtime[AgentContext]) -> dict[s
     planned = {"chunks": len(chunks), "files": files}
     get_stream_writer()({"event": "chunks_planned", "data": planned})
     first = waves[0] if waves else []
-    return {**dropped, "chunks": len(chunks), "waves": len(waves), "wave": first}
+    return {**dropped, "chunks": len(chunks), "wave": first}
 
 
 async def next_wave(state: LocalAgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

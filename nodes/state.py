@@ -171,8 +171,7 @@ class LocalAgentState(TriageState, total=False):
     started_at: str
     files_scanned: int  # the manifest's length: the manifest leaves the state at `plan`
     chunks: int  # planned
-    waves: int  # planned, of at most `parallel_chunks` chunks
-    wave_number: int  # the wave under way
+    wave_number: int  # the wave under way, of at most `parallel_chunks` chunks
     wave: list[Chunk]  # its chunks
     chunks_done: Annotated[int, operator.add]
     report: RunReport
