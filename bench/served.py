@@ -3,7 +3,7 @@
 SQLite and Postgres, as a user runs it. The offline extractor is the model.
 
 Per size and backend, on a fresh server database and device: the run's status and report,
-wall seconds, the device calls the device ran (its `device_calls` table), and the server
+wall seconds, the device calls the device ran (its `call_results` table), and the server
 process's CPU seconds over the run (from `/proc`), so the server's CPU per device call; the
 ratio is that against the smallest size on the same backend: 1.00x means the server's cost
 per call does not grow with the folder.
