@@ -1,14 +1,14 @@
 """Crons in the LangGraph server's shape: a schedule that starts runs of an assistant."""
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
-from checkpoints.clock import iso
+from checkpoints.clock import iso, utcnow
 from server.api.assistants import resolve_assistant
 from server.api.deps import CurrentUser, JSONBodyRoute, ServicesDep, not_found
 from server.api.threads import user_thread
@@ -74,7 +74,7 @@ def checked_schedule(expr: str, timezone: str | None, end_time: datetime | None)
 
 
 def next_run(schedule: Schedule, enabled: bool) -> str | None:
-    following = next_fire(schedule, datetime.now(UTC)) if enabled else None
+    following = next_fire(schedule, utcnow()) if enabled else None
     return iso(following) if following else None
 
 
