@@ -4,8 +4,8 @@
 - processing: checklists and TODO lines become tasks, lines with an ISO date become
   timeline entries, headed sections become notes, top folders become projects;
 - planning (agentic loop): one step per line, or per `;` / "then" clause, of the task;
-- update-first: an existing record with the same title is updated when it differs and left
-  alone when it does not, so a second pass over the same files changes nothing.
+- update-first: an existing record with the same title in the same project is updated when it
+  differs and left alone when it does not, so a second pass over the same files changes nothing.
 
 It is stateless: every call recomputes its answer from the messages, like a model would.
 """
@@ -52,34 +52,40 @@ _TAG_STATE = {"TODO": "ToDo", "FIXME": "ToDo", "DOING": "In Progress", "DONE": "
 
 @dataclass
 class Extracted:
-    """What the rules found in one group's files."""
+    """What the rules found in one group's files, by (title, top folder): one title is one
+    record per project, as the device's duplicate rule (title and project) has it."""
 
-    tasks: dict[str, tuple[str, str]] = field(default_factory=dict)  # title -> (state, folder)
-    timelines: dict[str, tuple[str, str]] = field(default_factory=dict)  # title -> (date, folder)
-    notes: dict[str, tuple[str, str]] = field(default_factory=dict)  # title -> (content, folder)
+    tasks: dict[tuple[str, str], str] = field(default_factory=dict)  # -> state
+    timelines: dict[tuple[str, str], str] = field(default_factory=dict)  # -> date
+    notes: dict[tuple[str, str], str] = field(default_factory=dict)  # -> content
+
+    def titles(self, kind: str) -> list[str]:
+        """The distinct titles of one kind (`tasks`, `timelines`, `notes`), sorted."""
+        found: dict[tuple[str, str], str] = getattr(self, kind)
+        return sorted({title for title, _ in found})
 
 
 def extract(text: str, folder: str, into: Extracted) -> None:
-    """Apply the rules to one file's text; the first occurrence of a title wins."""
+    """Apply the rules to one file's text; the first occurrence of a title in a folder wins."""
     heading: str | None = None
     prose: list[str] = []
 
     def close_section() -> None:
-        if heading and prose and heading not in into.notes:
-            into.notes[heading] = ("\n".join(prose).strip(), folder)
+        if heading and prose:
+            into.notes.setdefault((heading, folder), "\n".join(prose).strip())
 
     for line in text.splitlines():
         if match := _HEADING.match(line):
             close_section()
             heading, prose = match["title"], []
         elif match := _CHECKBOX.match(line):
-            into.tasks.setdefault(match["title"], (_CHECKBOX_STATE[match.group(1)], folder))
+            into.tasks.setdefault((match["title"], folder), _CHECKBOX_STATE[match.group(1)])
         elif match := _TODO.match(line):
-            into.tasks.setdefault(match["title"], (_TAG_STATE[match["tag"]], folder))
+            into.tasks.setdefault((match["title"], folder), _TAG_STATE[match["tag"]])
         elif match := _DATE.search(line):
             title = _BULLET.sub("", line.replace(match["date"], "")).strip(" :-–—\t")
             if title:
-                into.timelines.setdefault(title, (match["date"], folder))
+                into.timelines.setdefault((title, folder), match["date"])
         elif line.strip():
             prose.append(_BULLET.sub("", line).strip())
     close_section()
@@ -197,11 +203,8 @@ def _processing_answer(
     projects.update(_created_projects(messages))
 
     folders = {
-        folder
-        for table in (found.tasks, found.timelines, found.notes)
-        for _, folder in table.values()
-        if folder
-    }
+        folder for table in (found.tasks, found.timelines, found.notes) for _, folder in table
+    } - {""}
     missing = sorted(f for f in folders if f.casefold() not in projects)
     if (
         not turns
@@ -230,38 +233,31 @@ def _entity_calls(
     tool_names: set[str],
     project_for: Callable[[str], dict[str, str]],
 ) -> list[ToolCall]:
+    """Create what has no record of its title in its project, update what differs. A record
+    of the same title in another project is another record: it is left alone."""
     calls: list[ToolCall] = []
-
-    def index(kind: str) -> dict[str, dict[str, Any]]:
-        return {str(r.get("title", "")).casefold(): r for r in existing.get(kind, [])}
-
-    if "create_task" in tool_names:
-        known = index("tasks")
-        for title, (state, folder) in found.tasks.items():
-            if (row := known.get(title.casefold())) is None:
-                args = {"title": title, "state": state, **project_for(folder)}
-                calls.append(_call("create_task", args, f"t{len(calls)}"))
-            elif row.get("state") != state and "update_task" in tool_names:
-                args = {"taskId": row["id"], "state": state}
-                calls.append(_call("update_task", args, f"t{len(calls)}"))
-    if "create_timeline" in tool_names:
-        known = index("timelines")
-        for title, (date, folder) in found.timelines.items():
-            if (row := known.get(title.casefold())) is None:
-                args = {"title": title, "date": date, **project_for(folder)}
-                calls.append(_call("create_timeline", args, f"l{len(calls)}"))
-            elif row.get("date") != date and "update_timeline" in tool_names:
-                args = {"timelineId": row["id"], "date": date}
-                calls.append(_call("update_timeline", args, f"l{len(calls)}"))
-    if "create_note" in tool_names:
-        known = index("notes")
-        for title, (content, folder) in found.notes.items():
-            if (row := known.get(title.casefold())) is None:
-                args = {"title": title, "content": content, **project_for(folder)}
-                calls.append(_call("create_note", args, f"n{len(calls)}"))
-            elif row.get("content") != content and "update_note" in tool_names:
-                args = {"noteId": row["id"], "content": content}
-                calls.append(_call("update_note", args, f"n{len(calls)}"))
+    kinds = (
+        ("tasks", "task", "state", found.tasks),
+        ("timelines", "timeline", "date", found.timelines),
+        ("notes", "note", "content", found.notes),
+    )
+    for kind, tool, field_name, items in kinds:
+        if f"create_{tool}" not in tool_names:
+            continue
+        known = {
+            (str(r.get("title", "")).casefold(), r.get("projectId")): r
+            for r in existing.get(kind, [])
+        }
+        for (title, folder), value in items.items():
+            project = project_for(folder)
+            row = known.get((title.casefold(), project.get("projectId")))
+            suffix = f"{tool[0]}{len(calls)}"
+            if row is None:
+                args = {"title": title, field_name: value, **project}
+                calls.append(_call(f"create_{tool}", args, suffix))
+            elif row.get(field_name) != value and f"update_{tool}" in tool_names:
+                args = {f"{tool}Id": row["id"], field_name: value}
+                calls.append(_call(f"update_{tool}", args, suffix))
     return calls
 
 

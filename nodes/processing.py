@@ -112,9 +112,9 @@ def find_candidates(state: ProcessingState, runtime: Runtime[AgentContext]) -> d
     for text in pass_texts:
         extract(text["content"], top_folder(text["path"], text["root"]), found)
     titles = {
-        "tasks": sorted(found.tasks),
-        "notes": sorted(found.notes),
-        "timelines": sorted(found.timelines),
+        "tasks": found.titles("tasks"),
+        "notes": found.titles("notes"),
+        "timelines": found.titles("timelines"),
         "projects": sorted({top_folder(t["path"], t["root"]) for t in pass_texts} - {""}),
     }
     finds: list[tuple[str, DeviceCall]] = []

@@ -7,8 +7,11 @@ import pytest
 from langchain_core.messages import AIMessage, BaseMessage
 
 from device import LocalDevice
+from llm import load_chat_model
 from nodes.context import AgentContext
+from nodes.state import RunReport
 from nodes.triage import TRIAGE_FAILED
+from relaygraph.local_run import default_context, run_local_agent
 from tests.support.agent import (
     RecordingDevice,
     agent_graph,
@@ -20,6 +23,7 @@ from tests.support.agent import (
     triage_payload,
 )
 from tests.support.scripted import ScriptedChatModel
+from tools.catalog import DATA_TYPES
 
 
 def seed_project(device: LocalDevice) -> tuple[str, str]:
@@ -311,3 +315,60 @@ async def test_missing_folder_or_vanished_file_is_reported(
         assert report["status"] == "partial"
         assert any("inbox.md: could not be read" in e for e in report["errors"])
         assert report["files_processed"] == 3
+
+
+async def test_one_title_in_two_projects_is_two_records_and_each_updates_its_own(
+    tmp_path: Path,
+) -> None:
+    """The offline extractor's record is (title, project), as the device's duplicate rule:
+    the same line in two clients' folders makes one record in each, in one chunk or across
+    runs, and a changed line updates its own project's record, never the other's."""
+    folder = tmp_path / "clients"
+    for client, date in (("Acme", "2026-01-10"), ("Globex", "2026-02-01")):
+        (folder / client).mkdir(parents=True)
+        (folder / client / "plan.md").write_text(f"{date} Kickoff\nTODO: Send invoice\n")
+    (folder / "Initech").mkdir()
+    later = folder / "Initech" / "plan.md"
+    device = LocalDevice([folder], tmp_path / "entities.db")
+    state = str(tmp_path / "state.db")
+    model = load_chat_model(env={}).model
+
+    async def run() -> RunReport:
+        context = default_context(folder, DATA_TYPES, [".md"])
+        done = await run_local_agent(context=context, state_url=state, model=model, device=device)
+        return done.report
+
+    def by_project(table: str) -> dict[str, str]:
+        names = {p["id"]: p["name"] for p in device.rows("projects")}
+        key = "date" if table == "timelines" else "state"
+        return {names[r["projectId"]]: r[key] for r in device.rows(table) if r["title"] in TITLES}
+
+    try:
+        first = await run()  # both folders in one chunk
+        assert first["status"] == "success", first["errors"]
+        assert by_project("timelines") == {"Acme": "2026-01-10", "Globex": "2026-02-01"}
+        assert by_project("tasks") == {"Acme": "ToDo", "Globex": "ToDo"}
+
+        later.write_text("2026-03-15 Kickoff\nDONE: Send invoice\n")  # a new client, run 2
+        second = await run()
+        assert second["status"] == "success", second["errors"]
+        assert by_project("timelines") == {
+            "Acme": "2026-01-10",
+            "Globex": "2026-02-01",
+            "Initech": "2026-03-15",
+        }
+        assert by_project("tasks") == {"Acme": "ToDo", "Globex": "ToDo", "Initech": "Completed"}
+
+        (folder / "Globex" / "plan.md").write_text("2026-02-08 Kickoff\nDONE: Send invoice\n")
+        third = await run()
+        assert third["updated"] == {"timelines": 1, "tasks": 1}, third
+        assert third["created"] == {}
+        assert by_project("timelines")["Globex"] == "2026-02-08"
+        assert by_project("timelines")["Acme"] == "2026-01-10"
+        done = {"Acme": "ToDo", "Globex": "Completed", "Initech": "Completed"}
+        assert by_project("tasks") == done
+    finally:
+        device.close()
+
+
+TITLES = {"Kickoff", "Send invoice"}
