@@ -2,9 +2,10 @@
 
 What is timed is what the server does with one `tool_result` before anything else: the
 statements that store the answer and say whether it was the run's last missing one
-(`Repository.record_answer`: SQLite, and Postgres when no run slot is free), and on Postgres
-also the pipeline a free slot uses (`ThreadLocks.try_take` over `Repository.answer_reads`:
-store, try the thread's lock, claim the run if its answers are all in). Each measurement parks
+(`server.storage.bridge.store_answer`: SQLite, and Postgres when no run slot is free), and on
+Postgres also the pipeline a free slot uses (`ThreadLocks.try_take` over the bridge's
+`store_answer_and_try_lock` and `claim_after_answer`: store, try the thread's lock, claim the
+run if its answers are all in). Each measurement parks
 a run on `size` calls, on a fresh database, then stores answers one after another, never the
 last one (the run does not resume; nothing else runs). The first answers of each run are not
 timed. Each size's median is compared with the median at 100 open calls, measured in the same
@@ -30,7 +31,8 @@ from bench.common import databases, preamble
 from checkpoints import Database, open_database
 from harness.records import agentic_run, parked
 from server.locks import ThreadLocks
-from server.repository import Repository
+from server.storage import accounts, bridge
+from server.storage.bridge import DeviceAnswer
 
 USER, DEVICE = "bench", "bench-device"
 #: Calls parked per statement list: a Postgres statement takes at most 65,535 parameters, and
@@ -53,14 +55,14 @@ class Measurement:
         return statistics.median(self.samples) * 1000
 
 
-async def park_on(repo: Repository, size: int) -> list[str]:
+async def park_on(db: Database, size: int) -> list[str]:
     """A new run parked on `size` open calls (in parts of `PARK_PART`); their ids."""
-    run = await agentic_run(repo, user_id=USER, device_id=DEVICE)
-    calls = [f"{run['run_id']}/call-{n:05d}" for n in range(size)]
+    run = await agentic_run(db, user_id=USER, device_id=DEVICE)
+    calls = [f"{run.run_id}/call-{n:05d}" for n in range(size)]
     for start in range(0, size, PARK_PART):
         part = calls[start : start + PARK_PART]
         assert await parked(
-            repo,
+            db,
             run=run,
             calls=[("i1", c, "create_task", {"title": c}) for c in part],
             device_id=DEVICE,
@@ -68,39 +70,41 @@ async def park_on(repo: Repository, size: int) -> list[str]:
     return calls
 
 
-def stores(db: Database, repo: Repository) -> dict[str, Store]:
+def answer_to(call_id: str) -> DeviceAnswer:
+    return DeviceAnswer(USER, DEVICE, call_id, True, {"id": call_id})
+
+
+def stores(db: Database) -> dict[str, Store]:
     """The ways a server stores an answer on this backend, by name."""
 
-    async def recorded(call_id: str) -> object:
-        return await repo.record_answer(
-            user_id=USER, device_id=DEVICE, call_id=call_id, ok=True, payload={"id": call_id}
-        )
+    async def stored(call_id: str) -> object:
+        return await bridge.store_answer(db, answer_to(call_id))
 
     if db.kind != "postgres":
-        return {"record_answer": recorded}
+        return {"store_answer": stored}
     locks = ThreadLocks(db)
 
     async def pipelined(call_id: str) -> object:
-        reads = repo.answer_reads(
-            user_id=USER, device_id=DEVICE, call_id=call_id, ok=True, payload={"id": call_id}
+        answer = answer_to(call_id)
+        claim = bridge.claim_after_answer(answer, marks=False)
+        lease, rows = await locks.try_take(
+            bridge.store_answer_and_try_lock(answer), *claim.statements
         )
-        lease, rows = await locks.try_take(*reads)
         if lease is not None:
             await lease.release()
         return rows
 
-    return {"record_answer": recorded, "pipelined": pipelined}
+    return {"store_answer": stored, "pipelined": pipelined}
 
 
 async def measure(url: str, size: int, *, answers: int) -> list[Measurement]:
     """On a fresh database: for each way of storing, a run parked on `size` calls and the
     time of each of its `answers` timed answers."""
     async with open_database(url) as db:
-        repo = Repository(db)
-        await repo.add_device(user_id=USER, device_id=DEVICE)
+        await accounts.add_device(db, user_id=USER, device_id=DEVICE)
         measured = []
-        for path, store in stores(db, repo).items():
-            calls = await park_on(repo, size)
+        for path, store in stores(db).items():
+            calls = await park_on(db, size)
             samples = []
             for n, call_id in enumerate(calls[: WARMUP + answers]):
                 started = time.perf_counter()

@@ -4,13 +4,13 @@
 Three things are timed, each as the server does it, on a fresh database per size:
 
 - `park`: a step's end with a new batch. The thread's lock is taken (`ThreadLocks.take`), then
-  `Repository.park_statements` builds the statements and `Lease.release` runs them as it lets
-  the lock go (on Postgres in one pipeline with the unlock), as `RunManager._park` does.
+  `server.storage.bridge.park` builds the statements and `Lease.release` runs them as it lets
+  the lock go (on Postgres in one pipeline with the unlock), as `RunManager._store_park` does.
 - `park after resume`: the next batch of the same size, parked by the step that consumed the
   first (`resumed`: the first batch's calls are closed and their answers dropped in the same
   transaction).
 - `redeliver`: what `device_hello` does in the database for a device that missed the batch:
-  `Repository.pending_for_device`, then `Repository.mark_pushed` of every call sent.
+  `bridge.for_device`, then `bridge.mark_pushed` of every call sent.
 
 The ratio is each size's median time per call over the median time per call at the smallest
 size, measured in the same process: 1.00x means the cost grows linearly with the batch.
@@ -35,10 +35,11 @@ from typing import Any
 import psycopg
 
 from bench.common import databases, preamble
-from checkpoints import open_database
+from checkpoints import Database, open_database
 from harness.records import agentic_run
 from server.locks import ThreadLocks
-from server.repository import Repository
+from server.records import Run
+from server.storage import accounts, bridge, runs
 
 USER, DEVICE = "bench", "bench-device"
 STEPS = ("park", "park after resume", "redeliver")
@@ -57,13 +58,13 @@ class Measurement:
         return statistics.median(self.samples) / self.size * 1e6
 
 
-def batch(run: dict[str, Any], interrupt: str, size: int) -> list[tuple[str, str, str, Any]]:
+def batch(run: Run, interrupt: str, size: int) -> list[tuple[str, str, str, Any]]:
     """`size` create calls, as a chunk's interrupt carries them (interrupt id, call id, name,
     args); call ids are as long as the bridge's (run key / scope / tool-call id)."""
     return [
         (
             interrupt,
-            f"{run['run_id']}/processing:{interrupt}/call_{n:06d}",
+            f"{run.run_id}/processing:{interrupt}/call_{n:06d}",
             "create_task",
             {"title": f"Task {n} of {interrupt}", "project_id": "p-1", "notes": "from a file"},
         )
@@ -71,26 +72,24 @@ def batch(run: dict[str, Any], interrupt: str, size: int) -> list[tuple[str, str
     ]
 
 
-async def park(
-    repo: Repository, locks: ThreadLocks, run: dict[str, Any], calls: Any, *, resumed: bool
-) -> float:
+async def park(db: Database, locks: ThreadLocks, run: Run, calls: Any, *, resumed: bool) -> float:
     """Seconds to park the run on `calls` as a step's end does; raises if not parked."""
-    lease = await locks.take(run["thread_id"])
+    lease = await locks.take(run.thread_id)
     started = time.perf_counter()
-    statements = repo.park_statements(
-        run=run, calls=calls, device_id=DEVICE, pushed=False, resumed=resumed
+    query = bridge.park(
+        db.kind, run=run, calls=calls, device_id=DEVICE, pushed=False, resumed=resumed
     )
-    results = await lease.release(*statements)
+    results = await lease.release(*query.statements)
     elapsed = time.perf_counter() - started
-    assert repo.parked(results), "the run was not parked"
+    assert query.read(results), "the run was not parked"
     return elapsed
 
 
-async def redeliver(repo: Repository, size: int) -> float:
+async def redeliver(db: Database, size: int) -> float:
     """Seconds to read the device's pending calls and mark them pushed, as its hello does."""
     started = time.perf_counter()
-    pending = await repo.pending_for_device(user_id=USER, device_id=DEVICE)
-    await repo.mark_pushed([call.call_id for call in pending])
+    pending = await bridge.for_device(db, user_id=USER, device_id=DEVICE)
+    await bridge.mark_pushed(db, [call.call_id for call in pending])
     elapsed = time.perf_counter() - started
     assert len(pending) == size, (len(pending), size)
     return elapsed
@@ -101,15 +100,15 @@ async def measure(url: str, size: int) -> dict[str, float | str]:
     the database that refused it (the steps after it are not run)."""
     timed: dict[str, float | str] = {}
     async with open_database(url) as db:
-        repo, locks = Repository(db), ThreadLocks(db)
-        await repo.add_device(user_id=USER, device_id=DEVICE)
-        run = await agentic_run(repo, user_id=USER, device_id=DEVICE)
-        assert await repo.start_step(run)
+        locks = ThreadLocks(db)
+        await accounts.add_device(db, user_id=USER, device_id=DEVICE)
+        run = await agentic_run(db, user_id=USER, device_id=DEVICE)
+        assert await runs.start(db, run)
         try:
-            timed["park"] = await park(repo, locks, run, batch(run, "i1", size), resumed=False)
+            timed["park"] = await park(db, locks, run, batch(run, "i1", size), resumed=False)
             second = batch(run, "i2", size)
-            timed["park after resume"] = await park(repo, locks, run, second, resumed=True)
-            timed["redeliver"] = await redeliver(repo, size)
+            timed["park after resume"] = await park(db, locks, run, second, resumed=True)
+            timed["redeliver"] = await redeliver(db, size)
         except (psycopg.Error, sqlite3.Error) as exc:
             timed[STEPS[len(timed)]] = f"{type(exc).__name__}: {exc}".splitlines()[0]
     return timed

@@ -91,6 +91,7 @@ from server.api.runs import RunCreate, create_run
 from server.app import create_app
 from server.services import Services
 from server.settings import Settings
+from server.storage import accounts, assistants
 
 Backend = Literal["sqlite", "postgres"]
 #: (a)'s three sides: the minimal loop, the same graph without the server, the full stack.
@@ -276,8 +277,8 @@ class BenchServer:
         """Create a run with the API's own function, without HTTP, and queue it."""
         body = RunCreate.model_validate(run_body(self.assistant_id, rounds))
         run = await create_run(self.services, USER, str(uuid.uuid4()), body)
-        self.services.runs.enqueue(run["run_id"])
-        return str(run["run_id"])
+        self.services.runs.enqueue(run.run_id)
+        return run.run_id
 
     async def idle(self) -> None:
         """Until no run executes or waits in the queue (a parked run's worker is done)."""
@@ -306,13 +307,13 @@ class BenchServer:
 
     async def errors(self) -> Counter[str]:
         """The error messages of failed runs, counted."""
-        rows = await self.services.repo.db.fetch(
+        rows = await self.services.db.fetch(
             "SELECT error, count(*) AS n FROM runs WHERE status = 'error' GROUP BY error"
         )
         return Counter({str(r["error"]): int(r["n"]) for r in rows})
 
     async def statuses(self) -> Counter[str]:
-        rows = await self.services.repo.db.fetch(
+        rows = await self.services.db.fetch(
             "SELECT status, count(*) AS n FROM runs GROUP BY status"
         )
         return Counter({str(r["status"]): int(r["n"]) for r in rows})
@@ -341,9 +342,10 @@ async def running_server(
         await asyncio.sleep(0.01)
     try:
         services: Services = app.state.services
-        key = await services.repo.create_api_key(user_id=USER)
-        token = await services.repo.add_device(user_id=USER, device_id=DEVICE)
-        assistant, _ = await services.repo.create_assistant(
+        key = await accounts.create_api_key(services.db, user_id=USER)
+        token = await accounts.add_device(services.db, user_id=USER, device_id=DEVICE)
+        assistant, _ = await assistants.create(
+            services.db,
             user_id=USER,
             graph_id="agentic_loop",
             name="bench",
@@ -359,7 +361,7 @@ async def running_server(
                 client=client,
                 device_url=f"ws://127.0.0.1:{port}/devices/connect",
                 device_token=token,
-                assistant_id=str(assistant["assistant_id"]),
+                assistant_id=assistant.assistant_id,
             )
     finally:
         server.should_exit = True
@@ -583,7 +585,7 @@ SOURCES: tuple[tuple[str, str], ...] = (
     ("server/locks.py", "thread lock"),
     ("checkpoint/postgres", "checkpointer"),
     ("checkpoint/sqlite", "checkpointer"),
-    ("server/repository.py", "repository"),
+    ("server/storage/", "storage"),
 )
 
 

@@ -32,11 +32,14 @@ class Transaction(Protocol):
 
 class Database(Protocol):
     """What the stores need: read rows, run statements in one transaction, or hold a
-    transaction open across reads and writes (`FOR UPDATE SKIP LOCKED` on Postgres)."""
+    transaction open across reads and writes (`FOR UPDATE SKIP LOCKED` on Postgres). It is
+    a `Transaction` too (`run`: one statement, committed), so a store function that takes a
+    `Transaction` runs on its own or inside an open transaction."""
 
     kind: str
 
     async def fetch(self, sql: str, *params: Any) -> list[dict[str, Any]]: ...
+    async def run(self, sql: str, *params: Any) -> int: ...
     async def write(self, sql: str, *params: Any) -> list[dict[str, Any]]: ...
     async def execute(self, *statements: Statement) -> int: ...
     async def results(self, *statements: Statement) -> list[list[dict[str, Any]]]: ...
@@ -82,6 +85,10 @@ class SqliteDatabase:
         """Run one writing statement and commit; the rows of its `RETURNING` clause."""
         async with self.lock:
             return await self._hop(partial(_committed, self.conn, _rows, sql, params))
+
+    async def run(self, sql: str, *params: Any) -> int:
+        """Run one statement and commit; the number of rows it changed."""
+        return await self.execute((sql, params))
 
     async def execute(self, *statements: Statement) -> int:
         """Run the statements in one transaction; the number of rows the last one changed."""
@@ -177,6 +184,10 @@ class PostgresDatabase:
     async def write(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         """Run one writing statement (autocommit: its own transaction); its `RETURNING` rows."""
         return await self.fetch(sql, *params)
+
+    async def run(self, sql: str, *params: Any) -> int:
+        """Run one statement (autocommit); the number of rows it changed."""
+        return await self.execute((sql, params))
 
     async def execute(self, *statements: Statement) -> int:
         """Run the statements in one transaction; the number of rows the last one changed.

@@ -45,9 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "keys" and args.keys_command == "create":
-        return _admin(args, lambda repo: repo.create_api_key(user_id=args.user))
+        return _admin(args, lambda db, accounts: accounts.create_api_key(db, user_id=args.user))
     if args.command == "devices" and args.devices_command == "add":
-        return _admin(args, lambda repo: repo.add_device(user_id=args.user, device_id=args.device))
+        return _admin(
+            args,
+            lambda db, accounts: accounts.add_device(db, user_id=args.user, device_id=args.device),
+        )
     if args.command == "device":
         return _device(args)
     parser.print_help()
@@ -181,13 +184,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _admin(args: argparse.Namespace, action: Any) -> int:
-    """Run one repository action against the server's database and print its result."""
+    """Run one action of `server.storage.accounts` against the server's database and print
+    its result (imported here: `relaygraph run` loads no server code)."""
     from checkpoints import open_database
-    from server.repository import Repository
+    from server.storage import accounts
 
     async def run() -> str:
         async with open_database(_database_url(args), pool_size=2) as db:
-            return str(await action(Repository(db)))
+            return str(await action(db, accounts))
 
     try:
         print(asyncio.run(run()))

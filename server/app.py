@@ -13,7 +13,6 @@ from server.events import RunEvents
 from server.graphs import GraphRegistry
 from server.hub import DeviceHub
 from server.locks import ThreadLocks
-from server.repository import Repository
 from server.runs import RunManager
 from server.scheduler import Scheduler
 from server.services import Services
@@ -41,21 +40,21 @@ def create_app(settings: Settings | None = None, *, model: BaseChatModel | None 
             ) as db,
         ):
             choice = load_chat_model()
-            repo = Repository(db, checkpoint_marks=settings.checkpoint_cache > 0)
             graphs = GraphRegistry(model or choice.model, savers, store)
             hub, events = DeviceHub(), RunEvents()
             manager = RunManager(
-                repo=repo,
+                db=db,
                 graphs=graphs,
                 hub=hub,
                 events=events,
                 locks=ThreadLocks(db),
                 workers=settings.workers,
                 durability=settings.durability,
+                checkpoint_marks=settings.checkpoint_cache > 0,
             )
             app.state.services = Services(
                 settings=settings,
-                repo=repo,
+                db=db,
                 graphs=graphs,
                 hub=hub,
                 events=events,

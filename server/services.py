@@ -3,10 +3,10 @@
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from checkpoints import Database
 from server.events import RunEvents
 from server.graphs import GraphRegistry
 from server.hub import DeviceHub
-from server.repository import Repository
 from server.runs import RunManager
 from server.settings import Settings
 
@@ -19,7 +19,7 @@ class Services:
     """Settings, storage, graphs, devices and the run manager of one server process."""
 
     settings: Settings
-    repo: Repository
+    db: Database
     graphs: GraphRegistry
     hub: DeviceHub
     events: RunEvents

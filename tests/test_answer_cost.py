@@ -19,7 +19,9 @@ from checkpoints import Database, open_database
 from checkpoints.sql import postgres_sql
 from harness.records import agentic_run, parked
 from server.locks import ThreadLocks
-from server.repository import Repository
+from server.records import Run
+from server.storage import accounts, bridge, runs
+from server.storage.bridge import DeviceAnswer
 
 USER, DEVICE = "ana", "laptop"
 #: Two sizes: with no statistics yet, Postgres 15 plans a lookup of a call by its id and its
@@ -39,7 +41,7 @@ BY_KEY = re.compile(
 
 class RecordingDatabase:
     """A `Database` that keeps the statements it is given and runs none of them (it has no
-    rows), for the statements a repository method would run."""
+    rows), for the statements a storage function would run."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -63,40 +65,38 @@ class Busy:
 
     url: str
     db: Database
-    repo: Repository
-    run: dict[str, Any]
+    run: Run
     calls: list[str] = field(default_factory=list)
 
     async def answer(self, call_id: str) -> Any:
-        return await self.repo.record_answer(
-            user_id=USER, device_id=DEVICE, call_id=call_id, ok=True, payload={"id": call_id}
-        )
+        return await bridge.store_answer(self.db, answer_to(call_id))
 
     async def answer_statements(self, call_id: str) -> list[tuple[str, tuple[Any, ...]]]:
-        """What `Repository.record_answer` runs to store this answer (recorded, not run)."""
+        """What `bridge.store_answer` runs to store this answer (recorded, not run)."""
         recording = RecordingDatabase(self.db.kind)
-        await Repository(recording).record_answer(  # type: ignore[arg-type]
-            user_id=USER, device_id=DEVICE, call_id=call_id, ok=True, payload={"id": call_id}
-        )
+        await bridge.store_answer(recording, answer_to(call_id))  # type: ignore[arg-type]
         return recording.statements
+
+
+def answer_to(call_id: str) -> DeviceAnswer:
+    return DeviceAnswer(USER, DEVICE, call_id, True, {"id": call_id})
 
 
 @pytest.fixture(params=OPEN_CALLS)
 async def busy(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Busy]:
     size = int(request.param)
     async with open_database(database_url) as db:
-        repo = Repository(db)
-        await repo.add_device(user_id=USER, device_id=DEVICE)
-        run = await agentic_run(repo, user_id=USER, device_id=DEVICE)
-        assert await repo.start_step(run)
+        await accounts.add_device(db, user_id=USER, device_id=DEVICE)
+        run = await agentic_run(db, user_id=USER, device_id=DEVICE)
+        assert await runs.start(db, run)
         calls = [f"call-{n:05d}" for n in range(size)]
         assert await parked(
-            repo,
+            db,
             run=run,
             calls=[("i1", c, "create_task", {"title": c}) for c in calls],
             device_id=DEVICE,
         )
-        world = Busy(database_url, db, repo, run, calls)
+        world = Busy(database_url, db, run, calls)
         for call_id in calls[: size // 2]:
             assert (await world.answer(call_id)).outcome == "stored"
         yield world
@@ -154,9 +154,9 @@ async def test_storing_an_answer_reads_no_other_call_of_its_run(busy: Busy) -> N
         reads = table_reads(busy, stored)
         assert reads and all(BY_KEY.match(line) for line in reads), reads
         return
-    pipelined = busy.repo.answer_reads(  # store, try the lock, claim: one round trip
-        user_id=USER, device_id=DEVICE, call_id=call_id, ok=True, payload={"id": call_id}
-    )
+    answer = answer_to(call_id)  # store, try the lock, claim: one round trip
+    claim = bridge.claim_after_answer(answer, marks=False)
+    pipelined = [bridge.store_answer_and_try_lock(answer), *claim.statements]
     for statistics in (False, True):  # the plans of a new table, then of an analyzed one
         for statements in (stored, pipelined):
             read = await explained(busy.url, statements, analyze=statistics)
@@ -175,10 +175,10 @@ async def test_the_last_of_thousands_of_answers_completes_the_run(busy: Busy) ->
 
     assert (answer.outcome, answer.completes) == ("stored", True)
     assert (await busy.answer(last)).outcome == "duplicate"
-    assert await busy.db.fetch(UNANSWERED, busy.run["run_id"]) == [{"unanswered": 0}]
-    reads = busy.repo.execution_reads(busy.run["run_id"])
-    async with ThreadLocks(busy.db).hold(busy.run["thread_id"], *reads) as lease:
-        execution = busy.repo.execution_of(lease.results)
+    assert await busy.db.fetch(UNANSWERED, busy.run.run_id) == [{"unanswered": 0}]
+    read = bridge.claim_and_read(busy.db.kind, busy.run.run_id, marks=False)
+    async with ThreadLocks(busy.db).hold(busy.run.thread_id, *read.statements) as lease:
+        execution = read.read(lease.results)
     assert execution is not None and execution.claimed
     assert len(execution.open_calls) == len(busy.calls)
     assert all(c.answer == {"ok": True, "result": {"id": c.call_id}} for c in execution.open_calls)
@@ -186,17 +186,16 @@ async def test_the_last_of_thousands_of_answers_completes_the_run(busy: Busy) ->
 
 async def test_duplicate_and_late_answers_count_nothing(database_url: str) -> None:
     async with open_database(database_url) as db:
-        repo = Repository(db)
-        await repo.add_device(user_id=USER, device_id=DEVICE)
-        run = await agentic_run(repo, user_id=USER, device_id=DEVICE)
-        world = Busy(database_url, db, repo, run)
+        await accounts.add_device(db, user_id=USER, device_id=DEVICE)
+        run = await agentic_run(db, user_id=USER, device_id=DEVICE)
+        world = Busy(database_url, db, run)
 
         async def park(*calls: str, resumed: bool = False) -> None:
             lines = [("i", c, "list_tasks", {}) for c in calls]
-            assert await parked(repo, run=run, calls=lines, device_id=DEVICE, resumed=resumed)
+            assert await parked(db, run=run, calls=lines, device_id=DEVICE, resumed=resumed)
 
         async def unanswered() -> int:
-            return int((await db.fetch(UNANSWERED, run["run_id"]))[0]["unanswered"])
+            return int((await db.fetch(UNANSWERED, run.run_id))[0]["unanswered"])
 
         await park("a1", "a2", "a3")
         assert await unanswered() == 3

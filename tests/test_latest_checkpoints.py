@@ -26,7 +26,7 @@ from checkpoints.caching_saver import CachingPostgresSaver
 from checkpoints.deferred import deferred_writes
 from checkpoints.kept import CheckpointMark, LatestCheckpoints, vouched
 from harness.records import agentic_run
-from server.repository import Repository
+from server.storage import bridge
 
 USER = "ana"
 QUESTIONS = 3
@@ -81,7 +81,6 @@ class Process:
 @dataclass
 class Setting:
     db: Database
-    repo: Repository
     here: Process
     elsewhere: Process
     config: RunnableConfig
@@ -89,9 +88,8 @@ class Setting:
 
     async def mark(self) -> CheckpointMark:
         """The thread's latest checkpoint as the server's step reads it, with the run."""
-        execution = self.repo.execution_of(
-            await self.db.results(*self.repo.execution_reads(self.run_id))
-        )
+        read = bridge.claim_and_read(self.db.kind, self.run_id, marks=True)
+        execution = read.read(await self.db.results(*read.statements))
         assert execution is not None and execution.checkpoint is not None
         return execution.checkpoint
 
@@ -113,10 +111,9 @@ async def setting(postgres_url: str) -> AsyncIterator[Setting]:
         here = await process(stack, postgres_url)
         elsewhere = await process(stack, postgres_url)
         db = await stack.enter_async_context(open_database(postgres_url))
-        repo = Repository(db, checkpoint_marks=True)
-        run = await agentic_run(repo, user_id=USER)
-        config: RunnableConfig = {"configurable": {"thread_id": run["thread_id"]}}
-        yield Setting(db, repo, here, elsewhere, config, run["run_id"])
+        run = await agentic_run(db, user_id=USER)
+        config: RunnableConfig = {"configurable": {"thread_id": run.thread_id}}
+        yield Setting(db, here, elsewhere, config, run.run_id)
 
 
 def same(kept: CheckpointTuple, stored: CheckpointTuple) -> None:

@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
-from checkpoints import open_database
+from checkpoints import Database, open_database
 from checkpoints.factory import IdleCheck
 from harness.records import agentic_run, parked
 from server.locks import ThreadLocks
-from server.repository import Execution, Repository
+from server.records import Run
+from server.storage import accounts, bridge, runs, threads
+from server.storage.bridge import DeviceAnswer, Execution
 
 USER = "ana"
 DEVICE = "laptop"
@@ -21,14 +23,14 @@ DEVICE = "laptop"
 
 @dataclass
 class Outbox:
-    repo: Repository
+    db: Database
     locks: ThreadLocks
-    run: dict[str, Any]
+    run: Run
 
     async def park(self, *calls: tuple[str, str], resumed: bool = False) -> None:
         """Park the run on `(interrupt id, call id)` calls to its device."""
         await parked(
-            self.repo,
+            self.db,
             run=self.run,
             calls=[(interrupt, call, "list_tasks", {}) for interrupt, call in calls],
             device_id=DEVICE,
@@ -36,32 +38,31 @@ class Outbox:
         )
 
     async def answer(self, call_id: str, *, device: str = DEVICE) -> Any:
-        return await self.repo.record_answer(
-            user_id=USER, device_id=device, call_id=call_id, ok=True, payload=[call_id]
+        return await bridge.store_answer(
+            self.db, DeviceAnswer(USER, device, call_id, True, [call_id])
         )
 
     async def execution(self) -> Execution:
         """What a worker reads under the thread's lock (claiming the run if it can)."""
-        reads = self.repo.execution_reads(self.run["run_id"])
-        async with self.locks.hold(self.run["thread_id"], *reads) as lease:
-            execution = self.repo.execution_of(lease.results)
+        read = bridge.claim_and_read(self.db.kind, self.run.run_id, marks=False)
+        async with self.locks.hold(self.run.thread_id, *read.statements) as lease:
+            execution = read.read(lease.results)
         assert execution is not None
         return execution
 
     async def thread_status(self) -> str:
-        thread = await self.repo.get_thread(user_id=USER, thread_id=self.run["thread_id"])
+        thread = await threads.get(self.db, user_id=USER, thread_id=self.run.thread_id)
         assert thread is not None
-        return str(thread["status"])
+        return str(thread.status)
 
 
 @pytest.fixture
 async def outbox(database_url: str) -> AsyncIterator[Outbox]:
     async with open_database(database_url) as db:
-        repo = Repository(db)
-        await repo.add_device(user_id=USER, device_id=DEVICE)
-        run = await agentic_run(repo, user_id=USER, device_id=DEVICE)
-        assert await repo.start_step(run)
-        yield Outbox(repo, ThreadLocks(db), run)
+        await accounts.add_device(db, user_id=USER, device_id=DEVICE)
+        run = await agentic_run(db, user_id=USER, device_id=DEVICE)
+        assert await runs.start(db, run)
+        yield Outbox(db, ThreadLocks(db), run)
 
 
 async def test_the_last_missing_answer_says_it_completes_the_run(outbox: Outbox) -> None:
@@ -69,7 +70,7 @@ async def test_the_last_missing_answer_says_it_completes_the_run(outbox: Outbox)
 
     first = await outbox.answer("c1")
     assert (first.outcome, first.completes) == ("stored", False)
-    assert (first.run_id, first.thread_id) == (outbox.run["run_id"], outbox.run["thread_id"])
+    assert (first.run_id, first.thread_id) == (outbox.run.run_id, outbox.run.thread_id)
     last = await outbox.answer("c2")
     assert (last.outcome, last.completes) == ("stored", True)
 
@@ -84,7 +85,7 @@ async def test_a_parked_run_is_claimed_only_once_every_answer_is_in(outbox: Outb
     await outbox.answer("c1")
 
     waiting = await outbox.execution()
-    assert not waiting.claimed and waiting.run["status"] == "interrupted"
+    assert not waiting.claimed and waiting.run.status == "interrupted"
     assert [(c.call_id, c.answer) for c in waiting.open_calls] == [
         ("c1", {"ok": True, "result": ["c1"]}),
         ("c2", None),
@@ -92,9 +93,9 @@ async def test_a_parked_run_is_claimed_only_once_every_answer_is_in(outbox: Outb
 
     await outbox.answer("c2")
     ready = await outbox.execution()
-    assert ready.claimed and ready.run["status"] == "running"
+    assert ready.claimed and ready.run.status == "running"
     assert [c.interrupt_id for c in ready.open_calls] == ["i1", "i2"]
-    assert ready.assistant is not None and ready.assistant["graph_id"] == "agentic_loop"
+    assert ready.assistant is not None and ready.assistant.graph_id == "agentic_loop"
     assert await outbox.thread_status() == "busy"
     assert not (await outbox.execution()).claimed  # running now: nothing to claim
 
@@ -110,7 +111,7 @@ async def test_a_park_after_a_resume_closes_the_answered_calls(outbox: Outbox) -
     assert [(c.interrupt_id, c.call_id, c.answer) for c in parked.open_calls] == [
         ("i2", "c2", None)
     ]
-    assert parked.run["status"] == "interrupted" and not parked.claimed
+    assert parked.run.status == "interrupted" and not parked.claimed
     assert (await outbox.answer("c1")).outcome == "late"  # closed: dropped, not an error
     assert (await outbox.answer("c2")).completes
 
@@ -118,22 +119,23 @@ async def test_a_park_after_a_resume_closes_the_answered_calls(outbox: Outbox) -
 async def test_a_run_cancelled_during_its_step_is_not_parked_again(outbox: Outbox) -> None:
     """Another server process cancels the run while this one runs its step: the step's park
     stores no call and leaves the run cancelled."""
-    assert await outbox.repo.cancel_run(run=outbox.run)
+    assert await runs.cancel(outbox.db, outbox.run)
 
     stored = await parked(
-        outbox.repo, run=outbox.run, calls=[("i1", "c1", "list_tasks", {})], device_id=DEVICE
+        outbox.db, run=outbox.run, calls=[("i1", "c1", "list_tasks", {})], device_id=DEVICE
     )
 
     assert not stored
-    run = await outbox.repo.get_run(outbox.run["run_id"])
-    assert run is not None and run["status"] == "cancelled"
-    assert await outbox.repo.pending_for_device(user_id=USER, device_id=DEVICE) == []
+    run = await runs.get(outbox.db, outbox.run.run_id)
+    assert run is not None and run.status == "cancelled"
+    assert await bridge.for_device(outbox.db, user_id=USER, device_id=DEVICE) == []
     assert await outbox.thread_status() == "idle"
 
 
 async def test_a_finished_run_leaves_its_thread_the_status_it_gave_it(outbox: Outbox) -> None:
     await outbox.park(("i1", "c1"))
-    await outbox.repo.finish_run(
+    await runs.finish(
+        outbox.db,
         run=outbox.run, status="error", error="boom", counts={}, thread_status="error"
     )
     assert await outbox.thread_status() == "error"

@@ -26,14 +26,16 @@ from checkpoints import Database, open_checkpointers, open_database
 from checkpoints.caching_saver import CachingPostgresSaver
 from checkpoints.database import PostgresDatabase
 from checkpoints.kept import LatestCheckpoints
+from checkpoints.sql import Query
 from device.protocol import ToolResult
 from harness.records import agentic_run, parked
 from server.events import RunEvents
 from server.graphs import GraphRegistry
 from server.hub import Connection, DeviceHub
 from server.locks import ThreadLocks
-from server.repository import Repository
+from server.records import Run
 from server.runs import INTERRUPT, RunManager
+from server.storage import bridge, runs
 from tests.support import loop_brain
 from tests.support.scripted import ScriptedChatModel
 
@@ -67,22 +69,21 @@ class RecordingSocket:
 @dataclass
 class World:
     db: Database
-    repo: Repository
     manager: RunManager
     socket: RecordingSocket
     model: ScriptedChatModel
-    run: dict[str, Any] = field(default_factory=dict)
+    run: Run = field(init=False)  # set by `first_call`
 
     async def first_call(self) -> dict[str, Any]:
         """Create an agentic-loop run on the device and run its first step: it parks on
         the first step's `create_task` call, which is pushed."""
         self.run = await agentic_run(
-            self.repo,
+            self.db,
             user_id=USER,
             device_id=DEVICE,
             kwargs={"input": {"task": "make three tasks"}},
         )
-        await self.manager.execute(self.run["run_id"])
+        await self.manager.execute(self.run.run_id)
         assert await self.status() == "interrupted"
         return self.socket.calls()[-1]
 
@@ -109,9 +110,9 @@ class World:
             await self.manager.stop()
 
     async def status(self) -> str:
-        found = await self.repo.get_run(self.run["run_id"])
+        found = await runs.get(self.db, self.run.run_id)
         assert found is not None
-        return str(found["status"])
+        return str(found.status)
 
 
 def world_over(
@@ -120,18 +121,19 @@ def world_over(
     """A run manager on `db` whose device is connected; checkpoints in memory unless
     `saver` (which, if it keeps checkpoints, gets the marks it needs)."""
     marks = isinstance(saver, CachingPostgresSaver)
-    repo, hub, socket = Repository(db, checkpoint_marks=marks), DeviceHub(), RecordingSocket()
+    hub, socket = DeviceHub(), RecordingSocket()
     hub.register(Connection(USER, DEVICE, cast(WebSocket, socket)))
     model = ScriptedChatModel(script=[loop_brain.answer] * model_turns)
     manager = RunManager(
-        repo=repo,
+        db=db,
         graphs=GraphRegistry(model, [saver or InMemorySaver()], InMemoryStore()),
         hub=hub,
         events=RunEvents(),
         locks=ThreadLocks(db),
         workers=WORKERS,
+        checkpoint_marks=marks,
     )  # not started: nothing takes runs from the queue until a test starts it
-    return World(db, repo, manager, socket, model)
+    return World(db, manager, socket, model)
 
 
 @pytest.fixture
@@ -157,7 +159,7 @@ async def kept_world(postgres_url: str, *, model_turns: int = 20) -> AsyncIterat
 
 
 def kept(world: World) -> LatestCheckpoints:
-    saver = world.manager.graphs.saver_for(world.run["thread_id"])
+    saver = world.manager.graphs.saver_for(world.run.thread_id)
     assert isinstance(saver, CachingPostgresSaver)
     return saver.latest
 
@@ -203,7 +205,7 @@ async def test_an_answer_for_a_busy_thread_queues_its_run(
     pg_world: World, other_pool: ThreadLocks
 ) -> None:
     first = await pg_world.first_call()
-    busy = await other_pool.take(pg_world.run["thread_id"])  # a step in another process
+    busy = await other_pool.take(pg_world.run.thread_id)  # a step in another process
 
     assert await pg_world.answer(first) == "stored"
 
@@ -219,7 +221,7 @@ async def test_an_answer_for_a_busy_thread_queues_its_run(
 async def test_with_every_slot_taken_an_answer_queues_its_run(pg_world: World) -> None:
     first = await pg_world.first_call()
     for _ in range(WORKERS):
-        await pg_world.manager.slots.acquire()
+        await pg_world.manager.queue.slots.acquire()
 
     assert await pg_world.answer(first) == "stored"
 
@@ -234,7 +236,7 @@ async def test_an_answer_that_leaves_a_call_open_lets_the_lock_go(
     await pg_world.first_call()
     run = pg_world.run
     await parked(
-        pg_world.repo,
+        pg_world.db,
         run=run,
         calls=[("i2", "c1", "list_tasks", {}), ("i2", "c2", "list_tasks", {})],
         device_id=DEVICE,
@@ -243,7 +245,7 @@ async def test_an_answer_that_leaves_a_call_open_lets_the_lock_go(
 
     assert await pg_world.answer({"id": "c1"}) == "stored"
 
-    assert await is_free(other_pool, run["thread_id"])
+    assert await is_free(other_pool, run.thread_id)
     assert checked_out(pg_world.db) == 0  # the lock's connection is back in the pool
     assert pg_world.manager.queue.empty() and not pg_world.manager.executing
     assert await pg_world.status() == "interrupted"
@@ -293,7 +295,7 @@ async def test_a_step_lets_its_lock_go_with_the_park_before_the_push(world: Worl
 
     async def while_pushing(frame: dict[str, Any]) -> None:
         if frame["type"] == "tool_call":
-            free = await is_free(world.manager.locks, world.run["thread_id"])
+            free = await is_free(world.manager.locks, world.run.thread_id)
             seen.append((await world.status(), free))
 
     world.socket.on_send = while_pushing
@@ -314,10 +316,10 @@ async def test_a_resumed_step_takes_its_checkpoint_from_memory(postgres_url: str
         assert kept(world).hits == 1
 
         for _ in range(WORKERS):  # the queue's way: the worker's read has the mark too
-            await world.manager.slots.acquire()
+            await world.manager.queue.slots.acquire()
         assert await world.answer(second) == "stored"
         for _ in range(WORKERS):
-            world.manager.slots.release()
+            world.manager.queue.slots.release()
         await world.worked_until_calls(len(world.socket.calls()) + 1)
         assert world.socket.calls()[-1]["args"]["title"] == "Step 3 task"
         assert kept(world).hits == 2
@@ -325,10 +327,10 @@ async def test_a_resumed_step_takes_its_checkpoint_from_memory(postgres_url: str
 
 async def stored_checkpoint(world: World) -> CheckpointTuple:
     """The thread's latest checkpoint, read from the database."""
-    saver = world.manager.graphs.saver_for(world.run["thread_id"])
+    saver = world.manager.graphs.saver_for(world.run.thread_id)
     assert isinstance(saver, AsyncPostgresSaver)
     found = await AsyncPostgresSaver.aget_tuple(
-        saver, {"configurable": {"thread_id": world.run["thread_id"]}}
+        saver, {"configurable": {"thread_id": world.run.thread_id}}
     )
     assert found is not None
     return found
@@ -366,22 +368,23 @@ async def test_a_park_the_database_refuses_stores_nothing_of_the_step(
     async with kept_world(postgres_url) as world:
         first = await world.first_call()
         parked = await stored_checkpoint(world)
-        park_statements = world.repo.park_statements
+        park = bridge.park
 
-        def failing(**kwargs: Any) -> list[tuple[str, tuple[Any, ...]]]:
-            return [*park_statements(**kwargs), ("SELECT 1 / 0", ())]
+        def failing(*args: Any, **kwargs: Any) -> Query[bool]:
+            query = park(*args, **kwargs)
+            return Query((*query.statements, ("SELECT 1 / 0", ())), query.read)
 
-        monkeypatch.setattr(world.repo, "park_statements", failing)
+        monkeypatch.setattr(bridge, "park", failing)
         assert await world.answer(first) == "stored"
         await world.settled()
 
         assert world.socket.calls() == [first]
-        run = await world.repo.get_run(world.run["run_id"])
-        assert run is not None and run["status"] == "error"
-        assert "could not be stored" in run["error"] and "division by zero" in run["error"]
+        run = await runs.get(world.db, world.run.run_id)
+        assert run is not None and run.status == "error" and run.error is not None
+        assert "could not be stored" in run.error and "division by zero" in run.error
         assert (await stored_checkpoint(world)).config == parked.config
         assert len(kept(world)) == 0
-        assert await is_free(world.manager.locks, world.run["thread_id"])
+        assert await is_free(world.manager.locks, world.run.thread_id)
 
 
 async def test_a_failed_step_forgets_its_kept_checkpoint(postgres_url: str) -> None:
@@ -405,7 +408,7 @@ async def test_a_step_cancelled_midway_stores_where_it_stopped(postgres_url: str
         parked = await stored_checkpoint(world)
 
         def cancel_then_answer(messages: list[Any], names: set[str]) -> Any:
-            world.manager.cancelling.add(world.run["run_id"])  # as RunManager.cancel does
+            world.manager.cancelling.add(world.run.run_id)  # as RunManager.cancel does
             return loop_brain.answer(messages, names)
 
         world.model.script.insert(0, cancel_then_answer)
@@ -418,4 +421,4 @@ async def test_a_step_cancelled_midway_stores_where_it_stopped(postgres_url: str
             stopped.config["configurable"]["checkpoint_id"]
             != parked.config["configurable"]["checkpoint_id"]
         )
-        assert await is_free(world.manager.locks, world.run["thread_id"])
+        assert await is_free(world.manager.locks, world.run.thread_id)

@@ -23,9 +23,11 @@ from server.events import RunEvents
 from server.graphs import GraphRegistry
 from server.hub import Connection, DeviceHub
 from server.locks import ThreadLocks
-from server.repository import Repository
+from server.records import Cron
 from server.runs import RunManager
 from server.scheduler import Scheduler
+from server.storage import accounts, assistants, bridge, crons, runs, threads
+from server.storage.bridge import DeviceAnswer
 from tests.support.scripted import ScriptedChatModel
 
 USER = "ana"
@@ -51,44 +53,52 @@ class Clock:
 @dataclass
 class World:
     db: Database
-    repo: Repository
     runs: RunManager
     scheduler: Scheduler
     clock: Clock
 
     async def assistant(self, device_id: str | None = "laptop") -> str:
         context = {"directory_paths": ["/tmp/x"], **({"device_id": device_id} if device_id else {})}
-        assistant, _ = await self.repo.create_assistant(
-            user_id=USER, graph_id="agentic_loop", context=context
+        assistant, _ = await assistants.create(
+            self.db, user_id=USER, graph_id="agentic_loop", context=context
         )
-        return str(assistant["assistant_id"])
+        return assistant.assistant_id
 
     async def cron(self, assistant_id: str, expr: str, tz: str = "UTC") -> str:
         schedule = parse_schedule(expr, tz)
         first = next_fire(schedule, self.clock())
-        cron = await self.repo.create_cron(
-            cron={
-                "cron_id": str(uuid.uuid4()),
-                "user_id": USER,
-                "assistant_id": assistant_id,
-                "thread_id": None,
-                "schedule": expr,
-                "timezone": tz,
-                "end_time": None,
-                "enabled": True,
-                "payload": {"input": {"task": "check"}},
-                "metadata": {},
-                "on_run_completed": "keep",
-                "next_run_at": iso(first) if first else None,
-            }
+        stamp = iso(self.clock())
+        cron = await crons.create(
+            self.db,
+            Cron(
+                cron_id=str(uuid.uuid4()),
+                user_id=USER,
+                assistant_id=assistant_id,
+                thread_id=None,
+                schedule=expr,
+                timezone=tz,
+                end_time=None,
+                enabled=True,
+                payload={"input": {"task": "check"}},
+                metadata={},
+                on_run_completed="keep",
+                next_run_at=iso(first) if first else None,
+                overdue=False,
+                last_run_at=None,
+                created_at=stamp,
+                updated_at=stamp,
+            ),
         )
-        return str(cron["cron_id"])
+        return cron.cron_id
+
+    async def cron_by_id(self, cron_id: str) -> Cron | None:
+        return await crons.get_any_user(self.db, cron_id)
 
     async def online(self, device_id: str = "laptop") -> None:
         """The device is connected to this process (a socket in its hub) and present."""
-        await self.repo.add_device(user_id=USER, device_id=device_id)
+        await accounts.add_device(self.db, user_id=USER, device_id=device_id)
         self.runs.hub.register(Connection(USER, device_id, cast(WebSocket, ClosedSocket())))
-        await self.repo.set_online(user_id=USER, device_id=device_id, until=FAR_FUTURE)
+        await accounts.set_online(self.db, user_id=USER, device_id=device_id, until=FAR_FUTURE)
 
     async def cron_runs(self) -> list[dict[str, object]]:
         return await self.db.fetch(
@@ -104,17 +114,16 @@ async def world(database_url: str) -> AsyncIterator[World]:
 
 
 def _world(db: Database, clock: Clock) -> World:
-    repo = Repository(db)
     hub = DeviceHub()
     runs = RunManager(
-        repo=repo,
+        db=db,
         graphs=GraphRegistry(ScriptedChatModel(), [InMemorySaver()], InMemoryStore()),
         hub=hub,
         events=RunEvents(),
         locks=ThreadLocks(db),
         workers=1,
     )  # workers never started: the test reads what was queued and stored
-    return World(db, repo, runs, Scheduler(db=db, runs=runs, hub=hub, clock=clock), clock)
+    return World(db, runs, Scheduler(db=db, runs=runs, hub=hub, clock=clock), clock)
 
 
 async def test_missed_ticks_coalesce_into_one_run(world: World) -> None:
@@ -125,8 +134,9 @@ async def test_missed_ticks_coalesce_into_one_run(world: World) -> None:
     fired = await world.scheduler.tick()
 
     assert len(fired) == 1 and world.runs.queue.qsize() == 1
-    cron = await world.repo.cron_by_id(cron_id)
-    assert cron is not None and cron["next_run_date"] > iso(world.clock.now)
+    cron = await world.cron_by_id(cron_id)
+    assert cron is not None and cron.next_run_at is not None
+    assert cron.next_run_at > iso(world.clock.now)
     assert await world.scheduler.tick() == []
     world.clock.now += timedelta(minutes=5)
     assert len(await world.scheduler.tick()) == 1
@@ -158,13 +168,13 @@ async def test_a_local_time_fires_once_across_daylight_saving_changes(
 
 
 async def test_an_offline_device_makes_the_cron_overdue_until_its_hello(world: World) -> None:
-    await world.repo.add_device(user_id=USER, device_id="laptop")
+    await accounts.add_device(world.db, user_id=USER, device_id="laptop")
     cron_id = await world.cron(await world.assistant(), "0 * * * *")
     world.clock.now += timedelta(hours=5)
 
     assert await world.scheduler.tick() == []
-    cron = await world.repo.cron_by_id(cron_id)
-    assert cron is not None and cron["overdue"] is True
+    cron = await world.cron_by_id(cron_id)
+    assert cron is not None and cron.overdue is True
 
     world.runs.hub.register(Connection(USER, "laptop", cast(WebSocket, ClosedSocket())))
     await world.scheduler.device_connected(USER, "laptop")  # what device_hello calls
@@ -172,8 +182,8 @@ async def test_an_offline_device_makes_the_cron_overdue_until_its_hello(world: W
     runs = await world.cron_runs()
     assert [r["cron_id"] for r in runs] == [cron_id]
     assert runs[0]["device_id"] == "laptop"
-    cron = await world.repo.cron_by_id(cron_id)
-    assert cron is not None and cron["overdue"] is False
+    cron = await world.cron_by_id(cron_id)
+    assert cron is not None and cron.overdue is False
     assert await world.scheduler.tick() == []
 
 
@@ -193,9 +203,9 @@ async def test_scheduled_runs_of_one_device_start_one_after_another(world: World
     world.clock.now += timedelta(hours=1)
     fired = await world.scheduler.tick()
     assert len(fired) == 2
-    first, second = [await world.repo.get_run(r) for r in fired]
+    first, second = [await runs.get(world.db, r) for r in fired]
     assert first is not None and second is not None
-    ordered = sorted([first, second], key=lambda r: (r["created_at"], r["run_id"]))
+    ordered = sorted([first, second], key=lambda r: (r.created_at, r.run_id))
     assert await world.runs._waits_for_its_device(ordered[0]) is False
     assert await world.runs._waits_for_its_device(ordered[1]) is True
 
@@ -219,14 +229,15 @@ async def test_two_schedulers_on_one_postgres_fire_each_due_tick_exactly_once(
 
 
 async def test_a_device_connected_to_another_process_leaves_the_cron_due(world: World) -> None:
-    await world.repo.add_device(user_id=USER, device_id="laptop")
-    await world.repo.set_online(user_id=USER, device_id="laptop", until=FAR_FUTURE)  # elsewhere
+    await accounts.add_device(world.db, user_id=USER, device_id="laptop")
+    await accounts.set_online(world.db, user_id=USER, device_id="laptop", until=FAR_FUTURE)
     cron_id = await world.cron(await world.assistant(), "0 * * * *")
     world.clock.now += timedelta(hours=1)
     assert await world.scheduler.tick() == []
-    cron = await world.repo.cron_by_id(cron_id)
-    assert cron is not None and cron["overdue"] is False
-    assert cron["next_run_date"] <= iso(world.clock.now), "still due for the other process"
+    cron = await world.cron_by_id(cron_id)
+    assert cron is not None and cron.overdue is False
+    assert cron.next_run_at is not None
+    assert cron.next_run_at <= iso(world.clock.now), "still due for the other process"
 
 
 async def test_a_run_is_queued_once_however_often_it_is_found_pending(world: World) -> None:
@@ -242,31 +253,30 @@ async def test_an_answered_run_nobody_resumed_is_queued_by_the_sweep(world: Worl
     assistant_id = await world.assistant()
     parked: dict[str, str] = {}
     for name, calls in (("answered", ["a1"]), ("waiting", ["w1", "w2"])):
-        thread, _ = await world.repo.create_thread(user_id=USER)
+        thread, _ = await threads.create(world.db, user_id=USER)
         assert thread is not None
-        run = await world.repo.create_run(
+        run = await runs.create(
+            world.db,
             user_id=USER,
-            thread_id=thread["thread_id"],
+            thread_id=thread.thread_id,
             assistant_id=assistant_id,
             kwargs={},
             metadata=None,
             device_id="laptop",
         )
         await park(
-            world.repo,
+            world.db,
             run=run,
             calls=[("i", c, "list_tasks", {}) for c in calls],
             device_id="laptop",
         )
-        await world.repo.record_answer(
-            user_id=USER, device_id="laptop", call_id=calls[0], ok=True, payload=[]
-        )
-        parked[name] = str(run["run_id"])
+        await bridge.store_answer(world.db, DeviceAnswer(USER, "laptop", calls[0], True, []))
+        parked[name] = run.run_id
     world.clock.now = datetime.now(UTC)
 
     await world.scheduler.tick()
-    assert world.runs.queued == set()  # parked just now: the answer's own path may be running
+    assert world.runs.queue.queued == set()  # parked just now: the answer's own path may be running
 
     world.clock.now = datetime.now(UTC) + timedelta(minutes=5)
     await world.scheduler.tick()
-    assert world.runs.queued == {parked["answered"]}
+    assert world.runs.queue.queued == {parked["answered"]}

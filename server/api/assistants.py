@@ -15,8 +15,11 @@ from server.api.deps import (
     checked_config,
     not_found,
 )
-from server.runs import run_context
+from server.records import Assistant, Json
+from server.run_config import agent_context
 from server.services import Services
+from server.storage import assistants, runs
+from server.storage.assistants import AssistantOfAnotherUser
 
 router = APIRouter(prefix="/assistants", tags=["assistants"], route_class=JSONBodyRoute)
 
@@ -75,7 +78,8 @@ def default_assistant_id(user_id: str, graph_id: str) -> str:
 
 async def ensure_defaults(svc: Services, user_id: str) -> None:
     for graph_id in svc.graphs.ids():
-        await svc.repo.create_assistant(
+        await assistants.create(
+            svc.db,
             user_id=user_id,
             graph_id=graph_id,
             assistant_id=default_assistant_id(user_id, graph_id),
@@ -84,12 +88,12 @@ async def ensure_defaults(svc: Services, user_id: str) -> None:
         )
 
 
-async def resolve_assistant(svc: Services, user_id: str, assistant_id: str) -> dict[str, Any]:
+async def resolve_assistant(svc: Services, user_id: str, assistant_id: str) -> Assistant:
     """An assistant by id, or the user's default assistant of a graph id; else 404."""
     if assistant_id in svc.graphs:
         await ensure_defaults(svc, user_id)
         assistant_id = default_assistant_id(user_id, assistant_id)
-    found = await svc.repo.get_assistant(user_id=user_id, assistant_id=assistant_id)
+    found = await assistants.get(svc.db, user_id=user_id, assistant_id=assistant_id)
     if found is None:
         raise not_found("Assistant", assistant_id)
     return found
@@ -111,7 +115,7 @@ def check_graph_and_context(svc: Services, graph_id: str, context: dict[str, Any
             ]
         )
     try:
-        run_context({"context": context}, {})
+        agent_context(context, None)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**e, "loc": ("body", "context", *e["loc"])} for e in exc.errors()]
@@ -119,13 +123,12 @@ def check_graph_and_context(svc: Services, graph_id: str, context: dict[str, Any
 
 
 @router.post("")
-async def create_assistant(
-    body: AssistantCreate, user: CurrentUser, svc: ServicesDep
-) -> dict[str, Any]:
+async def create_assistant(body: AssistantCreate, user: CurrentUser, svc: ServicesDep) -> Json:
     """Create an assistant (a graph id plus its context)."""
     check_graph_and_context(svc, body.graph_id, body.context)
     try:
-        assistant, created = await svc.repo.create_assistant(
+        assistant, created = await assistants.create(
+            svc.db,
             user_id=user,
             graph_id=body.graph_id,
             assistant_id=body.assistant_id,
@@ -135,7 +138,7 @@ async def create_assistant(
             context=body.context,
             metadata=body.metadata,
         )
-    except PermissionError:
+    except AssistantOfAnotherUser:
         raise HTTPException(
             status.HTTP_409_CONFLICT, ASSISTANT_EXISTS.format(assistant_id=body.assistant_id)
         ) from None
@@ -143,54 +146,57 @@ async def create_assistant(
         raise HTTPException(
             status.HTTP_409_CONFLICT, ASSISTANT_EXISTS.format(assistant_id=body.assistant_id)
         )
-    return assistant
+    return assistant.api()
 
 
 @router.post("/search")
 async def search_assistants(
     body: AssistantSearch, user: CurrentUser, svc: ServicesDep
-) -> list[dict[str, Any]]:
+) -> list[Json]:
     """The user's assistants, the default one of every graph included."""
     await ensure_defaults(svc, user)
-    return await svc.repo.search_assistants(
+    found = await assistants.search(
+        svc.db,
         user_id=user,
         graph_id=body.graph_id,
         metadata=body.metadata,
         limit=body.limit,
         offset=body.offset,
     )
+    return [a.api() for a in found]
 
 
 @router.get("/{assistant_id}")
-async def get_assistant(assistant_id: str, user: CurrentUser, svc: ServicesDep) -> dict[str, Any]:
-    return await resolve_assistant(svc, user, assistant_id)
+async def get_assistant(assistant_id: str, user: CurrentUser, svc: ServicesDep) -> Json:
+    return (await resolve_assistant(svc, user, assistant_id)).api()
 
 
 @router.patch("/{assistant_id}")
 async def update_assistant(
     assistant_id: str, body: AssistantPatch, user: CurrentUser, svc: ServicesDep
-) -> dict[str, Any]:
+) -> Json:
     """Change an assistant; its version goes up by one."""
     current = await resolve_assistant(svc, user, assistant_id)
     check_graph_and_context(
         svc,
-        body.graph_id or current["graph_id"],
-        body.context if body.context is not None else current["context"],
+        body.graph_id or current.graph_id,
+        body.context if body.context is not None else current.context,
     )
-    updated = await svc.repo.update_assistant(
+    updated = await assistants.update(
+        svc.db,
         user_id=user,
-        assistant_id=current["assistant_id"],
+        assistant_id=current.assistant_id,
         changes=body.model_dump(exclude_none=True),
     )
     if updated is None:
         raise not_found("Assistant", assistant_id)
-    return updated
+    return updated.api()
 
 
 @router.delete("/{assistant_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_assistant(assistant_id: str, user: CurrentUser, svc: ServicesDep) -> Response:
     assistant = await resolve_assistant(svc, user, assistant_id)
-    await svc.repo.delete_assistant(user_id=user, assistant_id=assistant["assistant_id"])
+    await assistants.delete(svc.db, user_id=user, assistant_id=assistant.assistant_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -203,7 +209,7 @@ async def get_graph(
 ) -> dict[str, Any]:
     """The graph's drawing (nodes and edges, conditional ones marked)."""
     assistant = await resolve_assistant(svc, user, assistant_id)
-    drawing = svc.graphs[assistant["graph_id"]].get_graph(xray=xray).to_json()
+    drawing = svc.graphs[assistant.graph_id].get_graph(xray=xray).to_json()
     return dict(drawing)
 
 
@@ -215,25 +221,27 @@ async def assistant_runs(
     status_filter: Annotated[str | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> list[dict[str, Any]]:
+) -> list[Json]:
     """The assistant's run log, newest first: status, counts, errors and durations."""
     assistant = await resolve_assistant(svc, user, assistant_id)
-    return await svc.repo.assistant_runs(
+    found = await runs.of_assistant(
+        svc.db,
         user_id=user,
-        assistant_id=assistant["assistant_id"],
+        assistant_id=assistant.assistant_id,
         status=status_filter,
         limit=limit,
         offset=offset,
     )
+    return [r.api() for r in found]
 
 
 @router.get("/{assistant_id}/schemas")
 async def get_schemas(assistant_id: str, user: CurrentUser, svc: ServicesDep) -> dict[str, Any]:
     """JSON Schemas of the graph's input, output, state and context."""
     assistant = await resolve_assistant(svc, user, assistant_id)
-    graph = svc.graphs[assistant["graph_id"]]
+    graph = svc.graphs[assistant.graph_id]
     return {
-        "graph_id": assistant["graph_id"],
+        "graph_id": assistant.graph_id,
         "input_schema": graph.get_input_jsonschema(),
         "output_schema": graph.get_output_jsonschema(),
         "state_schema": state_jsonschema(graph),

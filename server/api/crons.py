@@ -1,6 +1,7 @@
 """Crons in the LangGraph server's shape: a schedule that starts runs of an assistant."""
 
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -13,6 +14,8 @@ from server.api.assistants import resolve_assistant
 from server.api.deps import CurrentUser, JSONBodyRoute, ServicesDep, not_found
 from server.api.threads import user_thread
 from server.crontab import Schedule, ScheduleError, next_fire, parse_schedule
+from server.records import Cron, Json
+from server.storage import crons
 
 router = APIRouter(tags=["crons"], route_class=JSONBodyRoute)
 
@@ -78,9 +81,7 @@ def next_run(schedule: Schedule, enabled: bool) -> str | None:
     return iso(following) if following else None
 
 
-async def _create(
-    svc: ServicesDep, user: str, body: CronCreate, thread_id: str | None
-) -> dict[str, Any]:
+async def _create(svc: ServicesDep, user: str, body: CronCreate, thread_id: str | None) -> Json:
     assistant = await resolve_assistant(svc, user, body.assistant_id)
     schedule = checked_schedule(body.schedule, body.timezone, body.end_time)
     payload = {
@@ -88,26 +89,30 @@ async def _create(
         for k, v in body.model_dump(include={"input", "context", "config"}).items()
         if v is not None
     }
-    return await svc.repo.create_cron(
-        cron={
-            "cron_id": str(uuid.uuid4()),
-            "user_id": user,
-            "assistant_id": assistant["assistant_id"],
-            "thread_id": thread_id,
-            "schedule": schedule.expr,
-            "timezone": schedule.timezone,
-            "end_time": iso(schedule.end_time) if schedule.end_time else None,
-            "enabled": body.enabled,
-            "payload": payload,
-            "metadata": body.metadata,
-            "on_run_completed": "keep" if thread_id else body.on_run_completed,
-            "next_run_at": next_run(schedule, body.enabled),
-        }
+    stamp = iso(utcnow())  # the store sets its own times
+    cron = Cron(
+        cron_id=str(uuid.uuid4()),
+        user_id=user,
+        assistant_id=assistant.assistant_id,
+        thread_id=thread_id,
+        schedule=schedule.expr,
+        timezone=schedule.timezone,
+        end_time=iso(schedule.end_time) if schedule.end_time else None,
+        enabled=body.enabled,
+        payload=payload,
+        metadata=body.metadata,
+        on_run_completed="keep" if thread_id else body.on_run_completed,
+        next_run_at=next_run(schedule, body.enabled),
+        overdue=False,
+        last_run_at=None,
+        created_at=stamp,
+        updated_at=stamp,
     )
+    return (await crons.create(svc.db, cron)).api()
 
 
 @router.post("/runs/crons")
-async def create_cron(body: CronCreate, user: CurrentUser, svc: ServicesDep) -> dict[str, Any]:
+async def create_cron(body: CronCreate, user: CurrentUser, svc: ServicesDep) -> Json:
     """A schedule that starts each run on a new thread (kept or deleted after the run)."""
     return await _create(svc, user, body, None)
 
@@ -115,74 +120,72 @@ async def create_cron(body: CronCreate, user: CurrentUser, svc: ServicesDep) -> 
 @router.post("/threads/{thread_id}/runs/crons")
 async def create_thread_cron(
     thread_id: str, body: CronCreate, user: CurrentUser, svc: ServicesDep
-) -> dict[str, Any]:
+) -> Json:
     """A schedule that starts each run on this thread."""
     await user_thread(svc, user, thread_id)
     return await _create(svc, user, body, thread_id)
 
 
 @router.patch("/runs/crons/{cron_id}")
-async def update_cron(
-    cron_id: str, body: CronPatch, user: CurrentUser, svc: ServicesDep
-) -> dict[str, Any]:
+async def update_cron(cron_id: str, body: CronPatch, user: CurrentUser, svc: ServicesDep) -> Json:
     """Change a schedule, or enable / disable it; the next run is computed again."""
-    cron = await svc.repo.get_cron(user_id=user, cron_id=cron_id)
+    cron = await crons.get(svc.db, user_id=user, cron_id=cron_id)
     if cron is None:
         raise not_found("Cron", cron_id)
     changes = body.model_dump(exclude_unset=True)
-    end_time = changes.get("end_time", cron["end_time"])
+    end_time = changes.get("end_time", cron.end_time)
     if isinstance(end_time, str):
         end_time = datetime.fromisoformat(end_time)
     schedule = checked_schedule(
-        changes.get("schedule") or cron["schedule"],
-        changes.get("timezone") or cron["timezone"],
+        changes.get("schedule") or cron.schedule,
+        changes.get("timezone") or cron.timezone,
         end_time,
     )
-    enabled = changes["enabled"] if changes.get("enabled") is not None else cron["enabled"]
+    enabled = changes["enabled"] if changes.get("enabled") is not None else cron.enabled
     payload = {
-        **cron["payload"],
+        **cron.payload,
         **{k: changes[k] for k in ("input", "context", "config") if changes.get(k) is not None},
     }
-    updated = {
-        **cron,
-        "schedule": schedule.expr,
-        "timezone": schedule.timezone,
-        "end_time": iso(schedule.end_time) if schedule.end_time else None,
-        "enabled": enabled,
-        "payload": payload,
-        "metadata": {**cron["metadata"], **(changes.get("metadata") or {})},
-        "on_run_completed": changes.get("on_run_completed") or cron["on_run_completed"],
-        "next_run_at": next_run(schedule, enabled),
-    }
-    await svc.repo.update_cron(user_id=user, cron=updated)
-    found = await svc.repo.get_cron(user_id=user, cron_id=cron_id)
-    assert found is not None
-    return found
+    updated = replace(
+        cron,
+        schedule=schedule.expr,
+        timezone=schedule.timezone,
+        end_time=iso(schedule.end_time) if schedule.end_time else None,
+        enabled=enabled,
+        payload=payload,
+        metadata={**cron.metadata, **(changes.get("metadata") or {})},
+        on_run_completed=changes.get("on_run_completed") or cron.on_run_completed,
+        next_run_at=next_run(schedule, enabled),
+    )
+    found = await crons.update(svc.db, updated)
+    if found is None:  # deleted meanwhile
+        raise not_found("Cron", cron_id)
+    return found.api()
 
 
 @router.delete("/runs/crons/{cron_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_cron(cron_id: str, user: CurrentUser, svc: ServicesDep) -> Response:
-    if not await svc.repo.delete_cron(user_id=user, cron_id=cron_id):
+    if not await crons.delete(svc.db, user_id=user, cron_id=cron_id):
         raise not_found("Cron", cron_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/runs/crons/search")
-async def search_crons(
-    body: CronSearch, user: CurrentUser, svc: ServicesDep
-) -> list[dict[str, Any]]:
-    found = await svc.repo.search_crons(
+async def search_crons(body: CronSearch, user: CurrentUser, svc: ServicesDep) -> list[Json]:
+    found = await crons.search(
+        svc.db,
         user_id=user,
         assistant_id=body.assistant_id,
         thread_id=body.thread_id,
         enabled=body.enabled,
     )
-    return found[body.offset : body.offset + body.limit]
+    return [c.api() for c in found[body.offset : body.offset + body.limit]]
 
 
 @router.post("/runs/crons/count")
 async def count_crons(body: CronSearch, user: CurrentUser, svc: ServicesDep) -> int:
-    found = await svc.repo.search_crons(
+    found = await crons.search(
+        svc.db,
         user_id=user,
         assistant_id=body.assistant_id,
         thread_id=body.thread_id,

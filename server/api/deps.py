@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from server.services import Services
+from server.storage import accounts
 
 MISSING_KEY = "Missing API key: send it as X-Api-Key or Authorization: Bearer <key>."
 INVALID_KEY = "Invalid API key."
@@ -35,7 +36,7 @@ async def current_user(
         key = authorization[7:].strip()
     if not key:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, MISSING_KEY)
-    user = await svc.repo.user_for_key(key)
+    user = await accounts.user_for_key(svc.db, key)
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, INVALID_KEY)
     return user

@@ -22,6 +22,7 @@ from device.protocol import (
 )
 from server.hub import Connection
 from server.services import Services
+from server.storage import accounts, bridge
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["devices"])
@@ -55,8 +56,8 @@ async def connect(socket: WebSocket) -> None:
         if previous is not None:
             with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
                 await previous.socket.close(code=4000, reason="replaced by a new connection")
-        pending = await svc.repo.pending_for_device(
-            user_id=connection.user_id, device_id=connection.device_id
+        pending = await bridge.for_device(
+            svc.db, user_id=connection.user_id, device_id=connection.device_id
         )
         await connection.send(HelloOk(device_id=connection.device_id, pending=len(pending)))
         await svc.runs.push(connection.user_id, pending)
@@ -92,7 +93,7 @@ async def _hello(socket: WebSocket, svc: Services) -> Connection | None:
         if not isinstance(frame, DeviceHello):
             await _error(socket, NOT_HELLO, HELLO_FIRST)
             continue
-        owner = await svc.repo.device_for_token(frame.token)
+        owner = await accounts.device_for_token(svc.db, frame.token)
         if owner is None or owner[1] != frame.device_id:
             await _error(socket, UNAUTHORIZED, BAD_TOKEN)
             await _close(socket, code=4401)

@@ -20,9 +20,11 @@ from server.api.assistants import resolve_assistant
 from server.api.deps import CurrentUser, JSONBodyRoute, ServicesDep, checked_config, not_found
 from server.api.serialize import jsonable
 from server.api.threads import user_thread
-from server.repository import FINAL_STATUSES, ThreadBusy
-from server.runs import run_context
+from server.records import FINAL_STATUSES, Json, Run, Thread
+from server.run_config import agent_context
 from server.services import Services
+from server.storage import runs, threads
+from server.storage.runs import ThreadBusy
 
 router = APIRouter(prefix="/threads/{thread_id}/runs", tags=["runs"], route_class=JSONBodyRoute)
 
@@ -71,45 +73,46 @@ class RunCreate(BaseModel):
     if_not_exists: Literal["create", "reject"] = "reject"
 
 
-async def create_run(svc: Services, user: str, thread_id: str, body: RunCreate) -> dict[str, Any]:
-    """Validate, store and queue a run (404 unknown ids, 409 conflicts, 422 bad fields)."""
-    thread = await svc.repo.get_thread(user_id=user, thread_id=thread_id)
+async def create_run(svc: Services, user: str, thread_id: str, body: RunCreate) -> Run:
+    """Validate and store a run (404 unknown ids, 409 conflicts, 422 bad fields)."""
+    thread = await threads.get(svc.db, user_id=user, thread_id=thread_id)
     if thread is None and body.if_not_exists == "create":
-        thread, _ = await svc.repo.create_thread(user_id=user, thread_id=thread_id)
+        thread, _ = await threads.create(svc.db, user_id=user, thread_id=thread_id)
     if thread is None:
         raise not_found("Thread", thread_id)
     assistant = await resolve_assistant(svc, user, body.assistant_id)
     try:
-        run_context(assistant, {"context": body.context})
+        agent_context(assistant.context, body.context)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**e, "loc": ("body", "context", *e["loc"])} for e in exc.errors()]
         ) from exc
-    active = await svc.repo.active_run(thread_id)
+    active = await runs.active(svc.db, thread_id)
     if active is not None:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
-            THREAD_BUSY.format(thread_id=thread_id, run_id=active["run_id"]),
+            THREAD_BUSY.format(thread_id=thread_id, run_id=active.run_id),
         )
     if body.command is not None and body.command.resume is not None:
         await _check_resumable(svc, thread, thread_id)
     metadata = {
-        **thread["metadata"],
-        "graph_id": assistant["graph_id"],
-        "assistant_id": assistant["assistant_id"],
+        **thread.metadata,
+        "graph_id": assistant.graph_id,
+        "assistant_id": assistant.assistant_id,
     }
-    await svc.repo.update_thread_metadata(thread_id=thread_id, metadata=metadata)
+    await threads.set_metadata(svc.db, thread_id=thread_id, metadata=metadata)
     kwargs = body.model_dump(
         include={"input", "command", "config", "context", "stream_mode"}, exclude_none=True
     )
     try:
-        return await svc.repo.create_run(
+        return await runs.create(
+            svc.db,
             user_id=user,
             thread_id=thread_id,
-            assistant_id=assistant["assistant_id"],
+            assistant_id=assistant.assistant_id,
             kwargs=kwargs,
             metadata=body.metadata,
-            device_id=(assistant["context"] or {}).get("device_id") or None,
+            device_id=(assistant.context or {}).get("device_id") or None,
         )
     except ThreadBusy:
         raise HTTPException(
@@ -117,9 +120,9 @@ async def create_run(svc: Services, user: str, thread_id: str, body: RunCreate) 
         ) from None
 
 
-async def _check_resumable(svc: Services, thread: dict[str, Any], thread_id: str) -> None:
-    graph_id = thread["metadata"].get("graph_id")
-    if graph_id not in svc.graphs:
+async def _check_resumable(svc: Services, thread: Thread, thread_id: str) -> None:
+    graph_id = thread.graph_id
+    if graph_id is None or graph_id not in svc.graphs:
         raise HTTPException(status.HTTP_409_CONFLICT, NOTHING_TO_RESUME.format(thread_id=thread_id))
     snapshot = await svc.graphs.for_thread(graph_id, thread_id).aget_state(
         {"configurable": {"thread_id": thread_id}}
@@ -130,31 +133,32 @@ async def _check_resumable(svc: Services, thread: dict[str, Any], thread_id: str
         raise HTTPException(status.HTTP_409_CONFLICT, DEVICE_RESUME.format(thread_id=thread_id))
 
 
-def _location(run: dict[str, Any]) -> dict[str, str]:
-    thread = quote(run["thread_id"], safe="")
-    return {"Content-Location": f"/threads/{thread}/runs/{run['run_id']}"}
+def _location(run: Run) -> dict[str, str]:
+    thread = quote(run.thread_id, safe="")
+    return {"Content-Location": f"/threads/{thread}/runs/{run.run_id}"}
 
 
-async def final_run(svc: Services, run_id: str) -> dict[str, Any]:
-    """Wait until the run ends (device round trips and restarts included)."""
+async def final_run(svc: Services, run_id: str) -> Run | None:
+    """Wait until the run ends (device round trips and restarts included); None if it was
+    deleted meanwhile."""
     while True:
-        run = await svc.repo.get_run(run_id)
-        if run is None or run["status"] in FINAL_STATUSES:
-            return run or {}
+        run = await runs.get(svc.db, run_id)
+        if run is None or run.status in FINAL_STATUSES:
+            return run
         await svc.events.wait_for_change(run_id, POLL_SECONDS)
 
 
-async def final_values(svc: Services, run: dict[str, Any]) -> Any:
+async def final_values(svc: Services, run: Run) -> Any:
     """The thread's values once the run ended; an error as the LangGraph server shapes it."""
-    done = await final_run(svc, run["run_id"])
-    if done.get("status") == "error":
-        return {"__error__": {"error": "RunError", "message": done.get("error") or "failed"}}
-    thread = await svc.repo.get_thread(user_id=run["user_id"], thread_id=run["thread_id"])
-    graph_id = (thread or {}).get("metadata", {}).get("graph_id")
-    if graph_id not in svc.graphs:
+    done = await final_run(svc, run.run_id)
+    if done is not None and done.status == "error":
+        return {"__error__": {"error": "RunError", "message": done.error or "failed"}}
+    thread = await threads.get(svc.db, user_id=run.user_id, thread_id=run.thread_id)
+    graph_id = thread.graph_id if thread else None
+    if graph_id is None or graph_id not in svc.graphs:
         return {}
-    snapshot = await svc.graphs.for_thread(graph_id, run["thread_id"]).aget_state(
-        {"configurable": {"thread_id": run["thread_id"]}}
+    snapshot = await svc.graphs.for_thread(graph_id, run.thread_id).aget_state(
+        {"configurable": {"thread_id": run.thread_id}}
     )
     return jsonable(snapshot.values)
 
@@ -163,15 +167,15 @@ async def final_values(svc: Services, run: dict[str, Any]) -> Any:
 async def create(thread_id: str, body: RunCreate, user: CurrentUser, svc: ServicesDep) -> Response:
     """Create a run in the background."""
     run = await create_run(svc, user, thread_id, body)
-    svc.runs.enqueue(run["run_id"])
-    return Response(json.dumps(run), media_type="application/json", headers=_location(run))
+    svc.runs.enqueue(run.run_id)
+    return Response(json.dumps(run.api()), media_type="application/json", headers=_location(run))
 
 
 @router.post("/wait")
 async def wait(thread_id: str, body: RunCreate, user: CurrentUser, svc: ServicesDep) -> Response:
     """Create a run and answer with the thread's values when it has ended."""
     run = await create_run(svc, user, thread_id, body)
-    svc.runs.enqueue(run["run_id"])
+    svc.runs.enqueue(run.run_id)
     values = await final_values(svc, run)
     return Response(json.dumps(values), media_type="application/json", headers=_location(run))
 
@@ -183,25 +187,23 @@ async def stream(
     """Create a run and stream its events over SSE until it ends."""
     run = await create_run(svc, user, thread_id, body)
     modes = body.stream_mode if isinstance(body.stream_mode, list) else [body.stream_mode]
-    queue = svc.events.subscribe(run["run_id"])
-    svc.runs.enqueue(run["run_id"])
+    queue = svc.events.subscribe(run.run_id)
+    svc.runs.enqueue(run.run_id)
     return StreamingResponse(
         _sse(svc, run, set(modes), queue), media_type="text/event-stream", headers=_location(run)
     )
 
 
-async def _sse(
-    svc: Services, run: dict[str, Any], modes: set[str], queue: Any
-) -> AsyncIterator[str]:
-    run_id = run["run_id"]
+async def _sse(svc: Services, run: Run, modes: set[str], queue: Any) -> AsyncIterator[str]:
+    run_id = run.run_id
     try:
         yield _event("metadata", {"run_id": run_id, "attempt": 1})
         while True:
             try:
                 event, data = await _next(queue)
             except TimeoutError:
-                current = await svc.repo.get_run(run_id)
-                if current is None or current["status"] in FINAL_STATUSES:
+                current = await runs.get(svc.db, run_id)
+                if current is None or current.status in FINAL_STATUSES:
                     return
                 continue
             if event == "end":
@@ -229,25 +231,24 @@ async def list_runs(
     limit: int = Query(default=10, ge=1, le=1000),
     offset: int = Query(default=0, ge=0),
     status_filter: str | None = Query(default=None, alias="status"),
-) -> list[dict[str, Any]]:
+) -> list[Json]:
     await user_thread(svc, user, thread_id)
-    return await svc.repo.list_runs(
-        user_id=user, thread_id=thread_id, limit=limit, offset=offset, status=status_filter
+    found = await runs.of_thread(
+        svc.db, user_id=user, thread_id=thread_id, limit=limit, offset=offset, status=status_filter
     )
+    return [r.api() for r in found]
 
 
-async def user_run(svc: Services, user: str, thread_id: str, run_id: str) -> dict[str, Any]:
-    run = await svc.repo.get_user_run(user_id=user, thread_id=thread_id, run_id=run_id)
+async def user_run(svc: Services, user: str, thread_id: str, run_id: str) -> Run:
+    run = await runs.get_of_user(svc.db, user_id=user, thread_id=thread_id, run_id=run_id)
     if run is None:
         raise not_found("Run", run_id)
     return run
 
 
 @router.get("/{run_id}")
-async def get_run(
-    thread_id: str, run_id: str, user: CurrentUser, svc: ServicesDep
-) -> dict[str, Any]:
-    return await user_run(svc, user, thread_id, run_id)
+async def get_run(thread_id: str, run_id: str, user: CurrentUser, svc: ServicesDep) -> Json:
+    return (await user_run(svc, user, thread_id, run_id)).api()
 
 
 @router.get("/{run_id}/join")
@@ -271,5 +272,5 @@ async def cancel(
     await svc.runs.cancel(run)
     if wait:
         done = await final_run(svc, run_id)
-        return Response(json.dumps(done), media_type="application/json")
+        return Response(json.dumps(done.api() if done else {}), media_type="application/json")
     return Response(status_code=status.HTTP_202_ACCEPTED)

@@ -24,6 +24,6 @@ async def info(svc: ServicesDep) -> dict[str, Any]:
         "langgraph_version": version("langgraph"),
         "graphs": svc.graphs.ids(),
         "model": svc.model_label,
-        "storage": svc.repo.db.kind,
+        "storage": svc.db.kind,
         "flags": {"assistants": True, "crons": True, "device_protocol": 1},
     }

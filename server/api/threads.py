@@ -8,7 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from graphs import RECURSION_LIMIT
 from server.api.deps import ID_PATTERN, CurrentUser, JSONBodyRoute, ServicesDep, not_found
 from server.api.serialize import empty_state, thread_state
+from server.records import Json, Thread
 from server.services import Services
+from server.storage import runs, threads
 
 router = APIRouter(prefix="/threads", tags=["threads"], route_class=JSONBodyRoute)
 
@@ -45,63 +47,60 @@ class HistoryQuery(BaseModel):
     limit: int = Field(default=10, ge=1, le=1000)
 
 
-async def user_thread(svc: Services, user: str, thread_id: str) -> dict[str, Any]:
-    thread = await svc.repo.get_thread(user_id=user, thread_id=thread_id)
+async def user_thread(svc: Services, user: str, thread_id: str) -> Thread:
+    thread = await threads.get(svc.db, user_id=user, thread_id=thread_id)
     if thread is None:
         raise not_found("Thread", thread_id)
     return thread
 
 
-def thread_graph(svc: Services, thread: dict[str, Any]) -> Any:
-    return svc.graphs.get_for_thread(thread["metadata"].get("graph_id"), thread["thread_id"])
+def thread_graph(svc: Services, thread: Thread) -> Any:
+    return svc.graphs.get_for_thread(thread.graph_id, thread.thread_id)
 
 
 @router.post("")
-async def create_thread(body: ThreadCreate, user: CurrentUser, svc: ServicesDep) -> dict[str, Any]:
-    thread, created = await svc.repo.create_thread(
-        user_id=user, thread_id=body.thread_id, metadata=body.metadata
+async def create_thread(body: ThreadCreate, user: CurrentUser, svc: ServicesDep) -> Json:
+    thread, created = await threads.create(
+        svc.db, user_id=user, thread_id=body.thread_id, metadata=body.metadata
     )
     if thread is None or (not created and body.if_exists == "raise"):
         raise HTTPException(
             status.HTTP_409_CONFLICT, THREAD_EXISTS.format(thread_id=body.thread_id)
         )
-    return thread
+    return thread.api()
 
 
 @router.post("/search")
-async def search_threads(
-    body: ThreadSearch, user: CurrentUser, svc: ServicesDep
-) -> list[dict[str, Any]]:
-    return await svc.repo.search_threads(
+async def search_threads(body: ThreadSearch, user: CurrentUser, svc: ServicesDep) -> list[Json]:
+    found = await threads.search(
+        svc.db,
         user_id=user,
         status=body.status,
         metadata=body.metadata,
         limit=body.limit,
         offset=body.offset,
     )
+    return [t.api() for t in found]
 
 
 @router.get("/{thread_id}")
-async def get_thread(thread_id: str, user: CurrentUser, svc: ServicesDep) -> dict[str, Any]:
+async def get_thread(thread_id: str, user: CurrentUser, svc: ServicesDep) -> Json:
     thread = await user_thread(svc, user, thread_id)
     graph = thread_graph(svc, thread)
-    if graph is not None:
-        snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
-        state = thread_state(snapshot, thread_id)
-        thread = {
-            **thread,
-            "values": state["values"],
-            "interrupts": {i["id"]: [i] for i in state["interrupts"]},
-        }
-    return thread
+    if graph is None:
+        return thread.api()
+    snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
+    state = thread_state(snapshot, thread_id)
+    interrupts = {i["id"]: [i] for i in state["interrupts"]}
+    return thread.api(values=state["values"], interrupts=interrupts)
 
 
 @router.delete("/{thread_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_thread(thread_id: str, user: CurrentUser, svc: ServicesDep) -> Response:
     await user_thread(svc, user, thread_id)
-    if await svc.repo.active_run(thread_id) is not None:
+    if await runs.active(svc.db, thread_id) is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, THREAD_BUSY.format(thread_id=thread_id))
-    await svc.repo.delete_thread(user_id=user, thread_id=thread_id)
+    await threads.delete(svc.db, user_id=user, thread_id=thread_id)
     await svc.graphs.forget_thread(thread_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
