@@ -82,6 +82,12 @@ def _once(key: str, count: Callable[[], int]) -> int:
     return tokens
 
 
+def count_once(text: str) -> int:
+    """`count_tokens(text)`, counted once per process for the same text (a record found by
+    many lookups, a file part counted again when it is packed)."""
+    return _once(text, lambda: count_tokens(text))
+
+
 def _count_wire(message: BaseMessage) -> int:
     wire = _convert_message_to_dict(message)
     return count_tokens(json.dumps(wire, ensure_ascii=False, default=str))

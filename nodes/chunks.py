@@ -12,7 +12,7 @@ import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 
-from llm.tokens import count_tokens
+from llm.tokens import count_once, count_tokens
 from nodes import prompts
 from nodes.state import Chunk, FileEntry, Group, Part, PartText
 from tools.catalog import DATA_TYPES, tools_for_data_types
@@ -141,7 +141,7 @@ def fit_parts(texts: Sequence[PartText], budget: int) -> list[PartText]:
 
 
 def _split_to_fit(text: PartText, budget: int) -> list[PartText]:
-    tokens = count_tokens(text["content"])
+    tokens = count_once(text["content"])
     if tokens <= budget or len(text["content"]) < 2:
         return [text]
     content = text["content"]
@@ -165,7 +165,7 @@ def passes(texts: Sequence[PartText], budget: int) -> list[list[PartText]]:
     packed: list[list[PartText]] = []
     used = 0
     for text in texts:
-        tokens = count_tokens(text["content"]) + count_tokens(text["context"]) + 60
+        tokens = count_once(text["content"]) + count_once(text["context"]) + 60
         if packed and used + tokens <= budget:
             packed[-1].append(text)
             used += tokens

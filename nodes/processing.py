@@ -15,7 +15,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
 from llm.offline import Extracted, extract
-from llm.tokens import count_tokens
+from llm.tokens import count_once
 from nodes import prompts
 from nodes.bridge import DeviceCall, ask_device, call_id
 from nodes.chunks import (
@@ -172,19 +172,26 @@ def find_candidates(state: ProcessingState, runtime: Runtime[AgentContext]) -> d
 def _within(
     existing: dict[str, list[dict[str, Any]]], budget: int
 ) -> tuple[dict[str, list[dict[str, Any]]], bool]:
-    """The candidates that fit `budget` tokens, and whether any were left out."""
+    """The candidates that fit `budget` tokens, and whether any were left out. The kinds
+    take turns (one record of each at a time, in the device's order), so each gets a share,
+    and counting stops at the first record that does not fit: the work is bounded by the
+    budget, not by how many records the lookups found."""
     kept: dict[str, list[dict[str, Any]]] = {t: [] for t in existing}
+    turns = [(data_type, iter(records)) for data_type, records in existing.items()]
     used = 0
-    left_out = False
-    for data_type, records in existing.items():
-        for record in records:
-            tokens = count_tokens(json.dumps(record, ensure_ascii=False, default=str))
-            if used + tokens > budget:
-                left_out = True
+    while turns:
+        for turn in list(turns):
+            data_type, records = turn
+            record = next(records, None)
+            if record is None:
+                turns.remove(turn)
                 continue
+            tokens = count_once(json.dumps(record, ensure_ascii=False, default=str))
+            if used + tokens > budget:
+                return kept, True
             kept[data_type].append(record)
             used += tokens
-    return kept, left_out
+    return kept, False
 
 
 def _conversation(
