@@ -11,12 +11,18 @@ from typing import Any, Literal
 #: watermark (`modified_since`) and the files to retry, its `report` moves them on.
 PROGRESS_GRAPH = "local_agent"
 
+Status = Literal["success", "partial", "error"]
+#: A report's status as the run's; anything else is an error.
+_REPORTED: Mapping[Any, Status] = {"success": "success", "partial": "partial", "error": "error"}
+#: The agentic loop's outcome status as the run's; anything else is an error.
+_LOOP: Mapping[str, Status] = {"completed": "success", "partial": "partial"}
+
 
 @dataclass(frozen=True)
 class RunOutcome:
     """How a finished run ended, for its run record."""
 
-    status: "Status" = "success"
+    status: Status = "success"
     counts: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
@@ -42,11 +48,6 @@ def outcome_of(values: Mapping[str, Any]) -> RunOutcome:
         status = _LOOP.get(str(outcome.get("status")), "error")
         return RunOutcome(status, counts, outcome.get("error"))
     return RunOutcome()
-
-
-Status = Literal["success", "partial", "error"]
-_REPORTED: Mapping[Any, Status] = {"success": "success", "partial": "partial", "error": "error"}
-_LOOP: Mapping[str, Status] = {"completed": "success", "partial": "partial"}
 
 
 def progress_report(graph_id: str, values: Mapping[str, Any]) -> Mapping[str, Any] | None:

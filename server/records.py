@@ -10,8 +10,6 @@ from typing import Any, Literal
 Json = dict[str, Any]
 RunStatus = Literal["pending", "running", "interrupted", "success", "partial", "error", "cancelled"]
 ThreadStatus = Literal["idle", "busy", "interrupted", "error"]
-#: A run in one of these is the thread's active run (at most one per thread).
-ACTIVE_STATUSES: tuple[RunStatus, ...] = ("pending", "running", "interrupted")
 FINAL_STATUSES: tuple[RunStatus, ...] = ("success", "partial", "error", "cancelled")
 
 

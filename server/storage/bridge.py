@@ -21,7 +21,7 @@ or transaction (SQLite). Storing an answer so costs the same however many calls 
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from checkpoints import Database
@@ -120,9 +120,6 @@ SELECT_CALL = "SELECT call_id, run_id, user_id, device_id, done FROM device_call
 # (one snapshot: the read shows the run as it was before the claim). `_MARKED`: also its
 # thread's latest root checkpoint and its number of stored writes (the checkpointer's
 # tables), what the step may take from the checkpoints this process keeps (`checkpoints.kept`).
-
-#: A parked run whose every open call has its answer (`runs.ANSWERED_PARKED`).
-ANSWERED_PARKED = runs.ANSWERED_PARKED
 
 #: Postgres, after an answer: the claim of the answered call's run, with its calls checked
 #: only once the run's counter says none is left unanswered (so an answer that leaves calls
@@ -442,10 +439,12 @@ class DeviceAnswer:
     ok: bool
     #: The result, or the error text.
     payload: Any
+    #: When it arrived: the inbox row's time, and the claim's if it completes its run.
+    received_at: str = field(default_factory=now)
 
     def insert_params(self) -> tuple[Any, ...]:
         """Params of `INSERT_ANSWER` and the `STORE_ANSWER`s."""
-        return (int(self.ok), json.dumps(self.payload), now(), *self.call())
+        return (int(self.ok), json.dumps(self.payload), self.received_at, *self.call())
 
     def call(self) -> tuple[str, str, str]:
         """The call's lookup, as every statement that starts from an answer takes it."""
@@ -512,8 +511,8 @@ def store_answer_and_try_lock(answer: DeviceAnswer) -> Statement:
 def claim_after_answer(answer: DeviceAnswer, *, marks: bool) -> Query["Execution | None"]:
     """Postgres: the claim of the answered call's run and the step's read of it, for after
     `store_answer_and_try_lock` in the same pipeline; None when nothing was claimed."""
-    stamp = now()
     sql = CLAIM_AFTER_ANSWER_MARKED if marks else CLAIM_AFTER_ANSWER
+    stamp = answer.received_at
     params = (stamp, stamp, *answer.call(), *answer.call())
     return Query(((sql, params),), _execution)
 
