@@ -143,6 +143,22 @@ MIGRATIONS: Sequence[str] = (
     "WHERE c.run_id = runs.run_id AND c.done = 0 "
     "AND NOT EXISTS (SELECT 1 FROM device_inbox i WHERE i.call_id = c.call_id)) "
     "WHERE status IN ('pending', 'running', 'interrupted')",
+    # ── one table of where each local agent's next run starts; `relaygraph run` keeps its
+    #    unfinished thread there, not in run records of its own (a run's record is `runs`) ──
+    """CREATE TABLE IF NOT EXISTS relaygraph_agent_progress (
+        agent_key TEXT PRIMARY KEY,
+        modified_since TEXT,
+        unfinished_thread TEXT
+    )""",
+    "INSERT INTO relaygraph_agent_progress (agent_key, modified_since) "
+    "SELECT agent_key, modified_since FROM relaygraph_watermarks",
+    "INSERT INTO relaygraph_agent_progress (agent_key, unfinished_thread) "
+    "SELECT agent_key, max(thread_id) FROM relaygraph_runs r WHERE status = 'running' "
+    "AND started_at = (SELECT max(started_at) FROM relaygraph_runs l "
+    "WHERE l.agent_key = r.agent_key AND l.status = 'running') GROUP BY agent_key "
+    "ON CONFLICT (agent_key) DO UPDATE SET unfinished_thread = excluded.unfinished_thread",
+    "DROP TABLE relaygraph_runs",
+    "DROP TABLE relaygraph_watermarks",
 )
 
 CREATE_VERSIONS = "CREATE TABLE IF NOT EXISTS relaygraph_migrations (v INTEGER PRIMARY KEY)"
