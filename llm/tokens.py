@@ -101,10 +101,17 @@ def count_message(message: BaseMessage) -> int:
     return _once(key, lambda: _count_wire(message)) + MESSAGE_OVERHEAD
 
 
-def count_request(messages: Sequence[BaseMessage], tools: Sequence[Any] = ()) -> int:
-    """The prompt tokens of one request: its messages and the specs of the tools bound."""
-    total = sum(count_message(m) for m in messages) + REPLY_PRIMING
-    if tools:
-        specs = json.dumps(list(tools), ensure_ascii=False, default=str)
-        total += _once(specs, lambda: count_tokens(specs))
-    return total
+def count_tools(tools: Sequence[Any]) -> int:
+    """The prompt tokens of the specs of the tools bound to a request (a tool loop counts
+    them once per binding: serializing them to look the count up costs as much again)."""
+    if not tools:
+        return 0
+    specs = json.dumps(list(tools), ensure_ascii=False, default=str)
+    return _once(specs, lambda: count_tokens(specs))
+
+
+def count_request(messages: Sequence[BaseMessage], tools: Sequence[Any] | int = ()) -> int:
+    """The prompt tokens of one request: its messages and the specs of the tools bound
+    (or their count, from `count_tools`)."""
+    tool_tokens = tools if isinstance(tools, int) else count_tools(tools)
+    return sum(count_message(m) for m in messages) + REPLY_PRIMING + tool_tokens

@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from typing_extensions import TypedDict
 
 from llm.errors import describe
-from llm.tokens import count_message, count_request, count_tokens
+from llm.tokens import REPLY_PRIMING, count_message, count_request, count_tokens, count_tools
 from nodes import prompts
 from nodes.bridge import PreparedCalls, ask_device, prepare_calls, tool_messages
 from nodes.context import AgentContext, AgentNode
@@ -67,16 +67,15 @@ def call_model_node(
     """The model node of a tool loop. `finish_tools` are schemas the model calls to end the
     loop with a structured answer; they are never sent to a device. A `recoverable`
     exception from the model is recorded as the loop's `failure` instead of failing the run."""
-    bound: dict[tuple[str, ...], tuple[Runnable[LanguageModelInput, BaseMessage], list[Any]]] = {}
+    bound: dict[tuple[str, ...], tuple[Runnable[LanguageModelInput, BaseMessage], int]] = {}
 
-    def with_tools(
-        data_types: list[str],
-    ) -> tuple[Runnable[LanguageModelInput, BaseMessage], list[Any]]:
+    def with_tools(data_types: list[str]) -> tuple[Runnable[LanguageModelInput, BaseMessage], int]:
+        """The model bound to the data types' tools, and the tokens of their specs."""
         key = tuple(data_types)
         if key not in bound:
             specs: list[Any] = [t.openai_spec for t in tools_for_data_types(key)]
             specs += [convert_to_openai_tool(t) for t in finish_tools]
-            bound[key] = (model.bind_tools(specs), specs)
+            bound[key] = (model.bind_tools(specs), count_tools(specs))
         return bound[key]
 
     async def call_model(state: ToolLoopState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
@@ -85,15 +84,14 @@ def call_model_node(
         messages: list[BaseMessage] = list(state.get("messages", []))
         budget_tokens = runtime.context.max_prompt_tokens
         runnable: Runnable[LanguageModelInput, BaseMessage]
-        specs: list[Any]
         if turns >= budget(runtime.context):
-            runnable, specs = model, []
+            runnable, tool_tokens = model, 0
             messages.append(HumanMessage(prompts.FINAL_ANSWER))
         else:
-            runnable, specs = with_tools(runtime.context.data_types)
-        request = fit_request(messages, specs, budget_tokens)
+            runnable, tool_tokens = with_tools(runtime.context.data_types)
+        request = fit_request(messages, tool_tokens, budget_tokens)
         if request is None:
-            tokens = count_request(messages, specs)
+            tokens = count_request(messages, tool_tokens)
             failure = OVER_BUDGET.format(budget=budget_tokens, tokens=tokens)
             return {"failure": failure, "turns": turns + 1}
         try:
@@ -111,16 +109,17 @@ def _calls(count: int) -> dict[str, int]:
 
 
 def fit_request(
-    messages: list[BaseMessage], tools: list[Any], budget: int
+    messages: list[BaseMessage], tool_tokens: int, budget: int
 ) -> list[BaseMessage] | None:
     """`messages` as a request within `budget` tokens, or None when they cannot fit.
 
     First tool results are left out, oldest first (each replaced by a line that says so),
     then whole earlier turns (replaced by a list of the calls they made); the opening
-    messages and the last turn's calls are always sent."""
-    tool_tokens = count_request([], tools)
+    messages and the last turn's calls are always sent. `tool_tokens`: the bound tools'
+    specs (`count_tools`)."""
+    fixed = tool_tokens + REPLY_PRIMING
     sizes = [count_message(m) for m in messages]
-    if tool_tokens + sum(sizes) <= budget:
+    if fixed + sum(sizes) <= budget:
         return messages
     request = list(messages)
     turn_starts = [i for i, m in enumerate(request) if isinstance(m, AIMessage)]
@@ -128,13 +127,13 @@ def fit_request(
         return None
     for index in range(turn_starts[0], len(request)):
         message = request[index]
-        if isinstance(message, ToolMessage) and tool_tokens + sum(sizes) > budget:
+        if isinstance(message, ToolMessage) and fixed + sum(sizes) > budget:
             stub = message.model_copy(
                 update={"content": prompts.RESULT_LEFT_OUT.format(chars=len(message.text))}
             )
             request[index] = stub
             sizes[index] = count_message(stub)
-    if tool_tokens + sum(sizes) <= budget:
+    if fixed + sum(sizes) <= budget:
         return request
     opening = request[: turn_starts[0]]
     for keep_from in (turn_starts[-1], len(request)):  # earlier turns, then every turn
@@ -142,9 +141,9 @@ def fit_request(
         if not dropped:
             continue
         kept = request[keep_from:]
-        room = budget - count_request([*opening, *kept], tools) - NOTE_OVERHEAD
+        room = budget - count_request([*opening, *kept], tool_tokens) - NOTE_OVERHEAD
         note = HumanMessage(prompts.TURNS_LEFT_OUT.format(calls=_digest(dropped, room)))
-        if count_request([*opening, note, *kept], tools) <= budget:
+        if count_request([*opening, note, *kept], tool_tokens) <= budget:
             return [*opening, note, *kept]
     return None
 
