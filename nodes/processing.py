@@ -40,7 +40,7 @@ from nodes.state import (
     Tally,
 )
 from nodes.tool_loop import wants_device
-from tools.catalog import DEVICE_TOOLS
+from tools.catalog import DEVICE_TOOLS, DataType
 from tools.schemas import MAX_FIND_PAGE
 
 UNREADABLE = "could not be read ({error})"
@@ -117,7 +117,7 @@ def find_candidates(state: ProcessingState, runtime: Runtime[AgentContext]) -> d
         "timelines": found.titles("timelines"),
         "projects": sorted({top_folder(t["path"], t["root"]) for t in pass_texts} - {""}),
     }
-    finds: list[tuple[str, DeviceCall]] = []
+    finds: list[tuple[DataType, DeviceCall]] = []
     for data_type in context.data_types:
         wanted = titles[data_type]
         if data_type == "projects" and project is not None:

@@ -69,7 +69,9 @@ def call_model_node(
     exception from the model is recorded as the loop's `failure` instead of failing the run."""
     bound: dict[tuple[str, ...], tuple[Runnable[LanguageModelInput, BaseMessage], int]] = {}
 
-    def with_tools(data_types: list[str]) -> tuple[Runnable[LanguageModelInput, BaseMessage], int]:
+    def with_tools(
+        data_types: Sequence[str],
+    ) -> tuple[Runnable[LanguageModelInput, BaseMessage], int]:
         """The model bound to the data types' tools, and the tokens of their specs."""
         key = tuple(data_types)
         if key not in bound:

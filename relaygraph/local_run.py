@@ -21,6 +21,7 @@ from nodes.context import AgentContext
 from nodes.run_data import delete_under, thread_namespace
 from nodes.state import RunReport
 from relaygraph import runner
+from tools.catalog import DataType
 
 #: A checkpoint as the graph returns (each device round trip, and the end), as the server's
 #: default: a checkpoint after every step stored each chunk's texts a dozen times over.
@@ -101,7 +102,7 @@ async def run_local_agent(
 
 
 def default_context(
-    directory: Path, data_types: Sequence[str], extensions: Sequence[str]
+    directory: Path, data_types: Sequence[DataType], extensions: Sequence[str]
 ) -> AgentContext:
     return AgentContext(
         directory_paths=[str(directory.resolve())],

@@ -9,6 +9,7 @@ from langchain_core.language_models import BaseChatModel
 from checkpoints import open_checkpointers, open_database, open_graph_store
 from llm import load_chat_model
 from server.api import assistants, crons, devices, runs, system, threads
+from server.api.guard import RequestGuard
 from server.events import RunEvents
 from server.graphs import GraphRegistry
 from server.hub import DeviceHub
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, *, model: BaseChatModel | None 
         description="LangGraph agents whose tools act on the user's device.",
         lifespan=lifespan,
     )
+    app.add_middleware(RequestGuard, max_body=settings.max_body_bytes)
     for module in (system, assistants, threads, runs, crons, devices):
         app.include_router(module.router)
     return app

@@ -36,6 +36,14 @@ def agent_context(assistant_context: Json | None, run_context: Json | None) -> A
     return CONTEXT.validate_python({**(assistant_context or {}), **(run_context or {})})
 
 
+def stored_context(context: Json, under: Json | None = None) -> Json:
+    """`context` as it is stored: each field it gives as validated (paths and extensions
+    normalised), checked over the context `under` it (the assistant's, for a run's); raises
+    `ValidationError`."""
+    validated = agent_context(under, context)
+    return {k: getattr(validated, k, v) for k, v in context.items()}
+
+
 def command_fields(command: Mapping[str, Any]) -> dict[str, Any]:
     """The fields of a run's `command` that `langgraph.types.Command` takes."""
     return {k: command[k] for k in ("resume", "update", "goto") if command.get(k) is not None}

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         description="Postgres prepared statements for the server's own queries (turn off "
         "behind a PgBouncer in transaction mode older than 1.21).",
     )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="The largest HTTP request body taken; a larger one is refused (413) "
+        "before it is read.",
+    )
     production: bool = Field(default=False, description="Refuse the embedded defaults.")
     scheduler_interval: float = Field(default=5.0, gt=0, description="Seconds between ticks.")
     hello_timeout: float = Field(default=10.0, gt=0, description="Seconds to say device_hello.")

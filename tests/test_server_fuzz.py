@@ -825,13 +825,20 @@ def test_run_creation_answers_valid_json(server: Server) -> None:
 
 
 @pytest.mark.parametrize("thread_id", ["\u0100", "ctrl\x1fchar", "line\nbreak"])
-def test_run_on_a_thread_with_an_unusual_id_is_answered(server: Server, thread_id: str) -> None:
+def test_a_thread_id_outside_the_id_pattern_is_refused_wherever_it_is_given(
+    server: Server, thread_id: str
+) -> None:
+    """A run creating its thread (`if_not_exists`) takes the ids `POST /threads` takes: a
+    422 naming the field, never a 5xx (such ids once broke the Content-Location header)."""
     answer = server.carol.post(
         f"/threads/{quote(thread_id, safe='')}/runs",
         json={"assistant_id": "triage", "input": {}, "if_not_exists": "create"},
     )
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["thread_id"] == thread_id
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"][0]["loc"] == ["path", "thread_id"]
+    created = server.carol.post("/threads", json={"thread_id": thread_id})
+    assert created.status_code == 422, created.text
+    assert created.json()["detail"][0]["loc"] == ["body", "thread_id"]
 
 
 def test_an_id_with_a_slash_is_rejected_or_addressable(server: Server) -> None:

@@ -11,12 +11,14 @@ from server.api.deps import (
     ID_PATTERN,
     CurrentUser,
     JSONBodyRoute,
+    Metadata,
+    PathId,
     ServicesDep,
     checked_config,
     not_found,
 )
 from server.records import Assistant, Json
-from server.run_config import agent_context
+from server.run_config import stored_context
 from server.services import Services
 from server.storage import assistants, runs
 from server.storage.assistants import AssistantOfAnotherUser
@@ -38,7 +40,7 @@ class AssistantCreate(BaseModel):
     description: str | None = None
     config: Annotated[dict[str, Any], AfterValidator(checked_config)] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     if_exists: Literal["raise", "do_nothing"] = "raise"
 
 
@@ -52,7 +54,7 @@ class AssistantPatch(BaseModel):
     description: str | None = None
     config: Annotated[dict[str, Any] | None, AfterValidator(checked_config)] = None
     context: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 class AssistantSearch(BaseModel):
@@ -61,7 +63,7 @@ class AssistantSearch(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     graph_id: str | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
     limit: int = Field(default=10, ge=1, le=1000)
     offset: int = Field(default=0, ge=0)
 
@@ -99,8 +101,9 @@ async def resolve_assistant(svc: Services, user_id: str, assistant_id: str) -> A
     return found
 
 
-def check_graph_and_context(svc: Services, graph_id: str, context: dict[str, Any]) -> None:
-    """422 naming the field when the graph is unknown or the context does not validate."""
+def check_graph_and_context(svc: Services, graph_id: str, context: dict[str, Any]) -> Json:
+    """The context as stored (`run_config.stored_context`); 422 naming the field when the
+    graph is unknown or the context does not validate."""
     if graph_id not in svc.graphs:
         raise RequestValidationError(
             [
@@ -115,7 +118,7 @@ def check_graph_and_context(svc: Services, graph_id: str, context: dict[str, Any
             ]
         )
     try:
-        agent_context(context, None)
+        return stored_context(context)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**e, "loc": ("body", "context", *e["loc"])} for e in exc.errors()]
@@ -125,7 +128,7 @@ def check_graph_and_context(svc: Services, graph_id: str, context: dict[str, Any
 @router.post("")
 async def create_assistant(body: AssistantCreate, user: CurrentUser, svc: ServicesDep) -> Json:
     """Create an assistant (a graph id plus its context)."""
-    check_graph_and_context(svc, body.graph_id, body.context)
+    context = check_graph_and_context(svc, body.graph_id, body.context)
     try:
         assistant, created = await assistants.create(
             svc.db,
@@ -135,7 +138,7 @@ async def create_assistant(body: AssistantCreate, user: CurrentUser, svc: Servic
             name=body.name,
             description=body.description,
             config=body.config,
-            context=body.context,
+            context=context,
             metadata=body.metadata,
         )
     except AssistantOfAnotherUser:
@@ -167,26 +170,26 @@ async def search_assistants(
 
 
 @router.get("/{assistant_id}")
-async def get_assistant(assistant_id: str, user: CurrentUser, svc: ServicesDep) -> Json:
+async def get_assistant(assistant_id: PathId, user: CurrentUser, svc: ServicesDep) -> Json:
     return (await resolve_assistant(svc, user, assistant_id)).api()
 
 
 @router.patch("/{assistant_id}")
 async def update_assistant(
-    assistant_id: str, body: AssistantPatch, user: CurrentUser, svc: ServicesDep
+    assistant_id: PathId, body: AssistantPatch, user: CurrentUser, svc: ServicesDep
 ) -> Json:
     """Change an assistant; its version goes up by one."""
     current = await resolve_assistant(svc, user, assistant_id)
-    check_graph_and_context(
+    changes = body.model_dump(exclude_none=True)
+    context = check_graph_and_context(
         svc,
         body.graph_id or current.graph_id,
         body.context if body.context is not None else current.context,
     )
+    if body.context is not None:
+        changes["context"] = context
     updated = await assistants.update(
-        svc.db,
-        user_id=user,
-        assistant_id=current.assistant_id,
-        changes=body.model_dump(exclude_none=True),
+        svc.db, user_id=user, assistant_id=current.assistant_id, changes=changes
     )
     if updated is None:
         raise not_found("Assistant", assistant_id)
@@ -194,7 +197,7 @@ async def update_assistant(
 
 
 @router.delete("/{assistant_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_assistant(assistant_id: str, user: CurrentUser, svc: ServicesDep) -> Response:
+async def delete_assistant(assistant_id: PathId, user: CurrentUser, svc: ServicesDep) -> Response:
     assistant = await resolve_assistant(svc, user, assistant_id)
     await assistants.delete(svc.db, user_id=user, assistant_id=assistant.assistant_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -202,7 +205,7 @@ async def delete_assistant(assistant_id: str, user: CurrentUser, svc: ServicesDe
 
 @router.get("/{assistant_id}/graph")
 async def get_graph(
-    assistant_id: str,
+    assistant_id: PathId,
     user: CurrentUser,
     svc: ServicesDep,
     xray: Annotated[int | bool, Query()] = False,
@@ -215,7 +218,7 @@ async def get_graph(
 
 @router.get("/{assistant_id}/runs")
 async def assistant_runs(
-    assistant_id: str,
+    assistant_id: PathId,
     user: CurrentUser,
     svc: ServicesDep,
     status_filter: Annotated[str | None, Query(alias="status")] = None,
@@ -236,7 +239,7 @@ async def assistant_runs(
 
 
 @router.get("/{assistant_id}/schemas")
-async def get_schemas(assistant_id: str, user: CurrentUser, svc: ServicesDep) -> dict[str, Any]:
+async def get_schemas(assistant_id: PathId, user: CurrentUser, svc: ServicesDep) -> dict[str, Any]:
     """JSON Schemas of the graph's input, output, state and context."""
     assistant = await resolve_assistant(svc, user, assistant_id)
     graph = svc.graphs[assistant.graph_id]

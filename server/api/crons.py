@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from checkpoints.clock import iso, utcnow
 from server.api.assistants import resolve_assistant
-from server.api.deps import CurrentUser, JSONBodyRoute, ServicesDep, not_found
+from server.api.deps import CurrentUser, JSONBodyRoute, Metadata, PathId, ServicesDep, not_found
 from server.api.threads import user_thread
 from server.crontab import Schedule, ScheduleError, next_fire, parse_schedule
 from server.records import Cron, Json
@@ -33,7 +33,7 @@ class CronCreate(BaseModel):
     input: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     on_run_completed: Literal["keep", "delete"] = "delete"
 
 
@@ -49,7 +49,7 @@ class CronPatch(BaseModel):
     input: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
     on_run_completed: Literal["keep", "delete"] | None = None
 
 
@@ -70,9 +70,8 @@ def checked_schedule(expr: str, timezone: str | None, end_time: datetime | None)
     try:
         return parse_schedule(expr, timezone or "UTC", end_time)
     except ScheduleError as exc:
-        field = "timezone" if "timezone" in str(exc) else "schedule"
         raise RequestValidationError(
-            [{"loc": ("body", field), "msg": str(exc), "type": "value_error", "input": expr}]
+            [{"loc": ("body", exc.field), "msg": str(exc), "type": "value_error"}]
         ) from exc
 
 
@@ -119,7 +118,7 @@ async def create_cron(body: CronCreate, user: CurrentUser, svc: ServicesDep) -> 
 
 @router.post("/threads/{thread_id}/runs/crons")
 async def create_thread_cron(
-    thread_id: str, body: CronCreate, user: CurrentUser, svc: ServicesDep
+    thread_id: PathId, body: CronCreate, user: CurrentUser, svc: ServicesDep
 ) -> Json:
     """A schedule that starts each run on this thread."""
     await user_thread(svc, user, thread_id)
@@ -127,7 +126,9 @@ async def create_thread_cron(
 
 
 @router.patch("/runs/crons/{cron_id}")
-async def update_cron(cron_id: str, body: CronPatch, user: CurrentUser, svc: ServicesDep) -> Json:
+async def update_cron(
+    cron_id: PathId, body: CronPatch, user: CurrentUser, svc: ServicesDep
+) -> Json:
     """Change a schedule, or enable / disable it; the next run is computed again."""
     cron = await crons.get(svc.db, user_id=user, cron_id=cron_id)
     if cron is None:
@@ -164,7 +165,7 @@ async def update_cron(cron_id: str, body: CronPatch, user: CurrentUser, svc: Ser
 
 
 @router.delete("/runs/crons/{cron_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_cron(cron_id: str, user: CurrentUser, svc: ServicesDep) -> Response:
+async def delete_cron(cron_id: PathId, user: CurrentUser, svc: ServicesDep) -> Response:
     if not await crons.delete(svc.db, user_id=user, cron_id=cron_id):
         raise not_found("Cron", cron_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

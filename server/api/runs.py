@@ -17,11 +17,19 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from nodes.bridge import is_device_request
 from server.api.assistants import resolve_assistant
-from server.api.deps import CurrentUser, JSONBodyRoute, ServicesDep, checked_config, not_found
+from server.api.deps import (
+    CurrentUser,
+    JSONBodyRoute,
+    Metadata,
+    PathId,
+    ServicesDep,
+    checked_config,
+    not_found,
+)
 from server.api.serialize import jsonable
 from server.api.threads import user_thread
 from server.records import FINAL_STATUSES, Json, Run, Thread
-from server.run_config import agent_context
+from server.run_config import stored_context
 from server.services import Services
 from server.storage import runs, threads
 from server.storage.runs import ThreadBusy
@@ -68,7 +76,7 @@ class RunCreate(BaseModel):
     command: Command | None = None
     config: Annotated[dict[str, Any], AfterValidator(checked_config)] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     stream_mode: StreamMode | list[StreamMode] = "values"
     if_not_exists: Literal["create", "reject"] = "reject"
 
@@ -82,7 +90,7 @@ async def create_run(svc: Services, user: str, thread_id: str, body: RunCreate) 
         raise not_found("Thread", thread_id)
     assistant = await resolve_assistant(svc, user, body.assistant_id)
     try:
-        agent_context(assistant.context, body.context)
+        context = stored_context(body.context, under=assistant.context)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**e, "loc": ("body", "context", *e["loc"])} for e in exc.errors()]
@@ -102,8 +110,9 @@ async def create_run(svc: Services, user: str, thread_id: str, body: RunCreate) 
     }
     await threads.set_metadata(svc.db, thread_id=thread_id, metadata=metadata)
     kwargs = body.model_dump(
-        include={"input", "command", "config", "context", "stream_mode"}, exclude_none=True
+        include={"input", "command", "config", "stream_mode"}, exclude_none=True
     )
+    kwargs["context"] = context
     try:
         return await runs.create(
             svc.db,
@@ -164,7 +173,9 @@ async def final_values(svc: Services, run: Run) -> Any:
 
 
 @router.post("")
-async def create(thread_id: str, body: RunCreate, user: CurrentUser, svc: ServicesDep) -> Response:
+async def create(
+    thread_id: PathId, body: RunCreate, user: CurrentUser, svc: ServicesDep
+) -> Response:
     """Create a run in the background."""
     run = await create_run(svc, user, thread_id, body)
     svc.runs.enqueue(run.run_id)
@@ -172,7 +183,7 @@ async def create(thread_id: str, body: RunCreate, user: CurrentUser, svc: Servic
 
 
 @router.post("/wait")
-async def wait(thread_id: str, body: RunCreate, user: CurrentUser, svc: ServicesDep) -> Response:
+async def wait(thread_id: PathId, body: RunCreate, user: CurrentUser, svc: ServicesDep) -> Response:
     """Create a run and answer with the thread's values when it has ended."""
     run = await create_run(svc, user, thread_id, body)
     svc.runs.enqueue(run.run_id)
@@ -182,7 +193,7 @@ async def wait(thread_id: str, body: RunCreate, user: CurrentUser, svc: Services
 
 @router.post("/stream")
 async def stream(
-    thread_id: str, body: RunCreate, user: CurrentUser, svc: ServicesDep
+    thread_id: PathId, body: RunCreate, user: CurrentUser, svc: ServicesDep
 ) -> StreamingResponse:
     """Create a run and stream its events over SSE until it ends."""
     run = await create_run(svc, user, thread_id, body)
@@ -225,7 +236,7 @@ def _event(event: str, data: Any) -> str:
 
 @router.get("")
 async def list_runs(
-    thread_id: str,
+    thread_id: PathId,
     user: CurrentUser,
     svc: ServicesDep,
     limit: int = Query(default=10, ge=1, le=1000),
@@ -247,12 +258,12 @@ async def user_run(svc: Services, user: str, thread_id: str, run_id: str) -> Run
 
 
 @router.get("/{run_id}")
-async def get_run(thread_id: str, run_id: str, user: CurrentUser, svc: ServicesDep) -> Json:
+async def get_run(thread_id: PathId, run_id: PathId, user: CurrentUser, svc: ServicesDep) -> Json:
     return (await user_run(svc, user, thread_id, run_id)).api()
 
 
 @router.get("/{run_id}/join")
-async def join(thread_id: str, run_id: str, user: CurrentUser, svc: ServicesDep) -> Any:
+async def join(thread_id: PathId, run_id: PathId, user: CurrentUser, svc: ServicesDep) -> Any:
     """Wait for the run to end; the thread's values."""
     run = await user_run(svc, user, thread_id, run_id)
     return await final_values(svc, run)
@@ -260,8 +271,8 @@ async def join(thread_id: str, run_id: str, user: CurrentUser, svc: ServicesDep)
 
 @router.post("/{run_id}/cancel")
 async def cancel(
-    thread_id: str,
-    run_id: str,
+    thread_id: PathId,
+    run_id: PathId,
     user: CurrentUser,
     svc: ServicesDep,
     wait: int = Query(default=0),

@@ -6,7 +6,15 @@ from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from graphs import RECURSION_LIMIT
-from server.api.deps import ID_PATTERN, CurrentUser, JSONBodyRoute, ServicesDep, not_found
+from server.api.deps import (
+    ID_PATTERN,
+    CurrentUser,
+    JSONBodyRoute,
+    Metadata,
+    PathId,
+    ServicesDep,
+    not_found,
+)
 from server.api.serialize import empty_state, thread_state
 from server.records import Json, Thread
 from server.services import Services
@@ -24,7 +32,7 @@ class ThreadCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     thread_id: str | None = Field(default=None, pattern=ID_PATTERN)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     if_exists: Literal["raise", "do_nothing"] = "raise"
 
 
@@ -33,7 +41,7 @@ class ThreadSearch(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
     status: Literal["idle", "busy", "interrupted", "error"] | None = None
     limit: int = Field(default=10, ge=1, le=1000)
     offset: int = Field(default=0, ge=0)
@@ -84,7 +92,7 @@ async def search_threads(body: ThreadSearch, user: CurrentUser, svc: ServicesDep
 
 
 @router.get("/{thread_id}")
-async def get_thread(thread_id: str, user: CurrentUser, svc: ServicesDep) -> Json:
+async def get_thread(thread_id: PathId, user: CurrentUser, svc: ServicesDep) -> Json:
     thread = await user_thread(svc, user, thread_id)
     graph = thread_graph(svc, thread)
     if graph is None:
@@ -96,7 +104,7 @@ async def get_thread(thread_id: str, user: CurrentUser, svc: ServicesDep) -> Jso
 
 
 @router.delete("/{thread_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_thread(thread_id: str, user: CurrentUser, svc: ServicesDep) -> Response:
+async def delete_thread(thread_id: PathId, user: CurrentUser, svc: ServicesDep) -> Response:
     await user_thread(svc, user, thread_id)
     if await runs.active(svc.db, thread_id) is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, THREAD_BUSY.format(thread_id=thread_id))
@@ -106,7 +114,7 @@ async def delete_thread(thread_id: str, user: CurrentUser, svc: ServicesDep) -> 
 
 
 @router.get("/{thread_id}/state")
-async def get_state(thread_id: str, user: CurrentUser, svc: ServicesDep) -> dict[str, Any]:
+async def get_state(thread_id: PathId, user: CurrentUser, svc: ServicesDep) -> dict[str, Any]:
     """The thread's latest checkpoint: values, next nodes, pending interrupts."""
     thread = await user_thread(svc, user, thread_id)
     graph = thread_graph(svc, thread)
@@ -118,7 +126,7 @@ async def get_state(thread_id: str, user: CurrentUser, svc: ServicesDep) -> dict
 
 @router.post("/{thread_id}/history")
 async def get_history(
-    thread_id: str, body: HistoryQuery, user: CurrentUser, svc: ServicesDep
+    thread_id: PathId, body: HistoryQuery, user: CurrentUser, svc: ServicesDep
 ) -> list[dict[str, Any]]:
     """Past checkpoints, newest first."""
     thread = await user_thread(svc, user, thread_id)
