@@ -15,7 +15,14 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
-from checkpoints.factory import NOT_SQLITE, StorageError, postgres_pool, sqlite_path, storage_kind
+from checkpoints.factory import (
+    NOT_SQLITE,
+    StorageError,
+    postgres_pool,
+    private_file,
+    sqlite_path,
+    storage_kind,
+)
 from checkpoints.migrations import migrate
 from checkpoints.sql import Statement, postgres_sql
 
@@ -236,9 +243,7 @@ async def open_database(
         return
     path = ":memory:"
     if kind == "sqlite":
-        sqlite_file = sqlite_path(url)
-        sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-        path = str(sqlite_file)
+        path = str(private_file(sqlite_path(url)))
     try:
         sqlite = await SqliteDatabase.connect(path)
     except sqlite3.Error as exc:

@@ -8,6 +8,7 @@
   trip per statement: see docs/benchmarks.md).
 """
 
+import os
 import sqlite3
 import time
 import weakref
@@ -58,6 +59,22 @@ def storage_kind(url: str) -> StorageKind:
 def sqlite_path(url: str) -> Path:
     """The file of a `sqlite:///path` URL or a plain path."""
     return Path(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
+
+
+def private_file(path: Path) -> Path:
+    """`path`, readable by its owner only (0600, and a folder made for it 0700): it holds
+    keys, tokens and the user's data. SQLite gives its `-wal` and `-shm` files the database
+    file's mode."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    try:
+        # Only a file that does not exist yet is opened here: closing a descriptor of a file
+        # that SQLite holds would drop the process's POSIX locks on it (fcntl semantics).
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    return path
 
 
 class IdleCheck:
@@ -181,8 +198,7 @@ async def _on_sqlite(
 ) -> AsyncIterator[T]:
     """`build` over a WAL connection of its own to the SQLite file `url` names, set up; the
     connection closes on exit. A file that is not SQLite raises `StorageError`."""
-    path = sqlite_path(url)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = private_file(sqlite_path(url))
     conn = await aiosqlite.connect(path, isolation_level=isolation_level)
     try:
         await conn.execute("PRAGMA busy_timeout = 10000")

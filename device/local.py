@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from checkpoints.factory import private_file
 from nodes.bridge import DeviceCall, DeviceResult
 from tools.policy import normalize_extension
 from tools.schemas import LIST_PAGE, SCAN_PAGE
@@ -109,8 +110,7 @@ class LocalDevice:
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            db = sqlite3.connect(private_file(path), check_same_thread=False, isolation_level=None)
             db.row_factory = sqlite3.Row
             _rename_result_log(db)
             db.executescript(SCHEMA)

@@ -3,6 +3,7 @@
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from langchain_core.language_models import BaseChatModel
 from langchain_openai import ChatOpenAI
@@ -45,5 +46,18 @@ def load_chat_model(env: Mapping[str, str] | None = None) -> ModelChoice:
         timeout=120,
         max_retries=2,
     )
-    where = f" at {base_url}" if base_url else ""
+    where = f" at {without_secrets(base_url)}" if base_url else ""
     return ModelChoice(model, f"ChatOpenAI {name}{where}", offline=False)
+
+
+def without_secrets(url: str) -> str:
+    """`url` as it may be shown (`/info`, logs): no user, password, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        netloc = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:  # a port that is not a number
+        netloc = host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

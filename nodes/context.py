@@ -14,6 +14,7 @@ from typing import Annotated, Any, Protocol, TypeVar
 from langgraph.runtime import Runtime
 from pydantic import AfterValidator, Field
 
+from nodes.chunks import MIN_PROMPT_TOKENS
 from tools.catalog import COMMENT_AUTHOR, DATA_TYPES, DataType
 from tools.policy import PathPolicy, normalize_extension
 
@@ -93,7 +94,7 @@ class AgentContext:
     max_step_turns: Turns = field(
         default=4, metadata={"description": "Agentic loop: model turns with tools per step."}
     )
-    max_prompt_tokens: Annotated[int, Field(ge=2_000, le=10_000_000)] = field(
+    max_prompt_tokens: Annotated[int, Field(ge=MIN_PROMPT_TOKENS, le=10_000_000)] = field(
         default=96_000,
         metadata={
             "description": "Prompt tokens one model request may hold (sized for a 128k-token "

@@ -29,6 +29,8 @@ DEFAULT_PROMPT_TOKENS = AgentContext().max_prompt_tokens
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 NOT_A_FOLDER = "relaygraph: {path} is not a folder."
+TOKEN_ENV = "RELAYGRAPH_DEVICE_TOKEN"
+NO_TOKEN = f"no device token: pass --token-file FILE (or --token), or set {TOKEN_ENV}"
 MODEL_FAILED = (
     "relaygraph: the model failed ({error}). The run is saved; run the same command again "
     "to continue it."
@@ -128,7 +130,15 @@ def _parser() -> argparse.ArgumentParser:
         "device", help="the reference device: run tool calls from a server on this computer"
     )
     device.add_argument("--server", required=True, help="for example http://127.0.0.1:8123")
-    device.add_argument("--token", required=True, help="from `relaygraph devices add`")
+    token = device.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"a file holding the token from `relaygraph devices add` (or set ${TOKEN_ENV})",
+    )
+    token.add_argument(
+        "--token", help="the token itself (visible to other local users in `ps`: prefer a file)"
+    )
     device.add_argument(
         "--root",
         required=True,
@@ -179,7 +189,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         Console(stderr=True).print(f"relaygraph: invalid settings: {exc}", soft_wrap=True)
         return EXIT_BAD_INPUT
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        ssl_certfile=settings.tls_certfile,
+        ssl_keyfile=settings.tls_keyfile,
+    )
     return EXIT_OK
 
 
@@ -210,9 +227,14 @@ def _device(args: argparse.Namespace) -> int:
         console.print(NOT_A_FOLDER.format(path=missing[0]), style="red")
         return EXIT_BAD_INPUT
     try:
+        token = _device_token(args)
+    except (OSError, ValueError) as exc:
+        console.print(f"relaygraph: {exc}", style="red")
+        return EXIT_BAD_INPUT
+    try:
         asyncio.run(
             run_reference_device(
-                args.server, args.token, list(args.root), args.db, on_event=console.print
+                args.server, token, list(args.root), args.db, on_event=console.print
             )
         )
     except (ValueError, DeviceUnauthorized, DeviceDatabaseError) as exc:
@@ -221,6 +243,18 @@ def _device(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     return EXIT_OK
+
+
+def _device_token(args: argparse.Namespace) -> str:
+    """The device token from `--token-file`, `--token` or the environment; raises `ValueError`
+    when none gives one, `OSError` when the file cannot be read."""
+    if args.token_file is not None:
+        token = args.token_file.read_text().strip()
+    else:
+        token = (args.token or os.environ.get(TOKEN_ENV, "")).strip()
+    if not token:
+        raise ValueError(NO_TOKEN)
+    return str(token)
 
 
 def _prompt_tokens(text: str) -> int:

@@ -1,7 +1,11 @@
 """Server settings, from the environment (`RELAYGRAPH_*`, `DATABASE_URL`) and the command line."""
 
+import ipaddress
+import os
 from typing import Literal
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -11,6 +15,16 @@ DEFAULT_DATABASE = ".relaygraph/relaygraph.db"
 PRODUCTION_NEEDS_POSTGRES = (
     "RELAYGRAPH_PRODUCTION is set but the database is {kind}: production runs on Postgres "
     "(set DATABASE_URL=postgresql://...)."
+)
+PRODUCTION_NEEDS_PASSWORD = (
+    "RELAYGRAPH_PRODUCTION is set but the Postgres URL has no password (nor PGPASSWORD or "
+    "PGPASSFILE): give one, or connect over a Unix socket (host=/run/postgresql)."
+)
+PRODUCTION_NEEDS_TLS = (
+    "RELAYGRAPH_PRODUCTION is set and serve listens on {host}, beyond this machine, over plain "
+    "HTTP: API keys and device tokens would cross the network in clear. Set "
+    "RELAYGRAPH_TLS_CERTFILE and RELAYGRAPH_TLS_KEYFILE, or RELAYGRAPH_BEHIND_TLS_PROXY=true "
+    "when a proxy in front terminates TLS."
 )
 
 
@@ -59,13 +73,53 @@ class Settings(BaseSettings):
         description="The largest HTTP request body taken; a larger one is refused (413) "
         "before it is read.",
     )
-    production: bool = Field(default=False, description="Refuse the embedded defaults.")
+    tls_certfile: str | None = Field(default=None, description="Serve HTTPS with this certificate.")
+    tls_keyfile: str | None = Field(default=None, description="The certificate's private key.")
+    behind_tls_proxy: bool = Field(
+        default=False, description="A proxy in front of serve terminates TLS (production)."
+    )
+    production: bool = Field(
+        default=False,
+        description="Refuse what is unsafe beyond one machine: the embedded SQLite, a Postgres "
+        "URL without a password, plain HTTP on a non-loopback address.",
+    )
     scheduler_interval: float = Field(default=5.0, gt=0, description="Seconds between ticks.")
     hello_timeout: float = Field(default=10.0, gt=0, description="Seconds to say device_hello.")
 
     @model_validator(mode="after")
-    def _production_needs_postgres(self) -> "Settings":
+    def _production_is_safe(self) -> "Settings":
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError(
+                "set both RELAYGRAPH_TLS_CERTFILE and RELAYGRAPH_TLS_KEYFILE, or neither"
+            )
+        if not self.production:
+            return self
         kind = storage_kind(self.database_url)
-        if self.production and kind != "postgres":
+        if kind != "postgres":
             raise ValueError(PRODUCTION_NEEDS_POSTGRES.format(kind=kind))
+        if not _has_password(self.database_url):
+            raise ValueError(PRODUCTION_NEEDS_PASSWORD)
+        if not _loopback(self.host) and self.tls_certfile is None and not self.behind_tls_proxy:
+            raise ValueError(PRODUCTION_NEEDS_TLS.format(host=self.host))
         return self
+
+
+def _has_password(url: str) -> bool:
+    """Whether a Postgres URL comes with a password, or needs none (a Unix socket)."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise ValueError(f"DATABASE_URL is not a Postgres URL psycopg reads: {exc}") from exc
+    host = str(params.get("host") or "")
+    if params.get("password") or os.environ.get("PGPASSWORD") or os.environ.get("PGPASSFILE"):
+        return True
+    return host.startswith("/") or (not host and not os.environ.get("PGHOST"))
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
