@@ -35,12 +35,14 @@ from nodes.state import (
     STANDALONE,
     ChunkOutcome,
     FileFailure,
+    Part,
     PartText,
     ProcessingState,
     Tally,
 )
 from nodes.tool_loop import wants_device
 from tools.catalog import DEVICE_TOOLS, DataType
+from tools.policy import PolicyViolation
 from tools.schemas import MAX_FIND_PAGE
 
 UNREADABLE = "could not be read ({error})"
@@ -52,27 +54,30 @@ FIND_BATCH = 200  # titles per find_records call
 
 
 def read_parts(state: ProcessingState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """Read every part of the chunk in one device round trip, and pack the texts into passes."""
+    """Read every part of the chunk in one device round trip, and pack the texts into passes.
+    A part the agent's folders and extensions do not allow is not read (the graph can be
+    started with any chunk, through the API): its file fails with the refusal."""
     context = runtime.context
     chunk = state["chunk"]
     scope = f"c{chunk['index']}.read"
-    reads: list[DeviceCall] = []
+    policy, reader = context.policy(), DEVICE_TOOLS["read_file_content"]
+    reads: list[tuple[Part, DeviceCall]] = []
+    failed: dict[str, str] = {}
     for number, part in enumerate(chunk["parts"]):
         offset, count = read_window(part)
         args = {"path": part["path"], "offset": offset, "max_chars": min(count, 200_000)}
-        reads.append(
-            DeviceCall(
-                id=call_id(state["run_key"], scope, f"r{number}"),
-                name="read_file_content",
-                args=args,
-            )
-        )
+        try:
+            policy.check(reader, args)
+        except PolicyViolation as exc:
+            failed.setdefault(part["path"], str(exc))
+            continue
+        read_id = call_id(state["run_key"], scope, f"r{number}")
+        reads.append((part, DeviceCall(id=read_id, name=reader.name, args=args)))
 
-    results = ask_device(reads)
+    results = ask_device([read for _, read in reads])
 
     texts: list[PartText] = []
-    failed: dict[str, str] = {}
-    for part, read in zip(chunk["parts"], reads, strict=True):
+    for part, read in reads:
         result = results[read["id"]]
         if not result["ok"]:
             failed.setdefault(part["path"], UNREADABLE.format(error=result.get("error")))

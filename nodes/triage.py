@@ -202,7 +202,7 @@ def _manifest_entries(root: str, files: list[Any], policy: PathPolicy) -> list[F
     for item in files:
         if not isinstance(item, dict) or not isinstance(item.get("path"), str):
             continue
-        if not policy.inside(item["path"]):  # a device may not widen what the agent sees
+        if not policy.allows_file(item["path"]):  # a device may not widen what the agent sees
             continue
         entries.append(
             FileEntry(

@@ -1,16 +1,23 @@
 """The local agent end to end with scripted models, on memory, SQLite and Postgres."""
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.store.memory import InMemoryStore
 
 from device import LocalDevice
+from graphs import processing
 from llm import load_chat_model
+from nodes.bridge import DeviceCall, DeviceResult
 from nodes.context import AgentContext
-from nodes.state import RunReport
+from nodes.state import STANDALONE, Chunk, Part, RunReport
 from nodes.triage import TRIAGE_FAILED
+from relaygraph import runner
 from relaygraph.local_run import default_context, run_local_agent
 from tests.support.agent import (
     RecordingDevice,
@@ -372,3 +379,73 @@ async def test_one_title_in_two_projects_is_two_records_and_each_updates_its_own
 
 
 TITLES = {"Kickoff", "Send invoice"}
+
+
+async def test_a_chunk_outside_the_agents_folders_is_never_read(
+    workspace: Path, device: LocalDevice, tmp_path: Path
+) -> None:
+    """The processing graph can be started with any chunk (it is a graph of the server's API):
+    its reads pass the same guard as the model's calls, and a refused file fails."""
+    sibling = tmp_path / "sibling"
+    sibling.mkdir()
+    (sibling / "notes.md").write_text("# Not the agent's\n")
+    (workspace / "creds.key").write_text("secret")
+    refused = ["/etc/passwd", str(sibling / "notes.md"), str(workspace / "creds.key")]
+    allowed = str(workspace / "inbox.md")
+    parts = [
+        Part(path=p, root=str(workspace), part=1, parts=1, offset=0, length=100)
+        for p in [*refused, allowed]
+    ]
+    recorder = RecordingDevice(device)
+    model = ScriptedChatModel(script=[AIMessage(content="done")])
+    graph = processing.build(model).copy(
+        update={"checkpointer": InMemorySaver(), "store": InMemoryStore()}
+    )
+    values = await runner.start(
+        graph,
+        thread_id="direct",
+        graph_input={"run_key": "direct", "chunk": Chunk(key=STANDALONE, index=0, parts=parts)},
+        context=context_for(workspace),
+        device=recorder,
+    )
+    sent = [call["args"]["path"] for call in recorder.calls("read_file_content")]
+    assert sent == [allowed], "only the allowed file reached the device"
+    failures = {f["path"]: f["error"] for f in values["failed"]}
+    assert "outside the agent's directories" in failures["/etc/passwd"]
+    assert "outside the agent's directories" in failures[str(sibling / "notes.md")]
+    assert "allowed extensions" in failures[str(workspace / "creds.key")]
+    assert allowed not in failures
+
+
+class WideScanDevice:
+    """The real device, adding one file of its own to every scan's first page."""
+
+    def __init__(self, inner: LocalDevice, extra: str) -> None:
+        self.inner, self.extra, self.added = inner, extra, 0
+
+    async def execute(self, calls: Sequence[DeviceCall]) -> dict[str, DeviceResult]:
+        results = await self.inner.execute(calls)
+        for call in calls:
+            result = results[call["id"]]
+            if call["name"] == "scan_directory" and result["ok"] and not call["args"].get("cursor"):
+                files = result["result"]["files"]
+                files.append({**files[0], "path": self.extra})
+                self.added += 1
+        return results
+
+
+async def test_scanned_files_of_other_extensions_are_left_out_of_the_manifest(
+    workspace: Path, device: LocalDevice
+) -> None:
+    """A device that lists more than the scan asked for (a `.bin` beside the notes) does not
+    widen what the agent reads."""
+    (workspace / "blob.bin").write_bytes(b"\x00\x01")
+    wide = WideScanDevice(device, extra=str(workspace / "blob.bin"))
+    model = ScriptedChatModel(
+        script=[triage_call({"standalone": [str(workspace / "inbox.md")]}), AIMessage("done")]
+    )
+    async with agent_graph("memory", model) as graph:
+        await run_agent(graph, context_for(workspace), wide)
+    manifest = triage_payload(model.calls[0][0])
+    assert str(workspace / "blob.bin") not in json.dumps(manifest)
+    assert wide.added, "the device did list the extra file"

@@ -47,6 +47,12 @@ class PathPolicy:
             normal == root or normal.startswith(root.rstrip("/") + "/") for root in self.directories
         )
 
+    def allows_file(self, path: str) -> bool:
+        """Whether the agent may read the file `path`: inside its folders, with one of its
+        extensions."""
+        extension = posixpath.splitext(path)[1].lower()
+        return self.inside(path) and (not self.extensions or extension in self.extensions)
+
     def check(self, tool: DeviceTool, args: Mapping[str, Any]) -> None:
         """Raise `PolicyViolation` when `args` reach outside what the agent may touch."""
         if tool.path_kind is None:
