@@ -8,7 +8,8 @@ never reach the device; they come back as error `ToolMessage`s the model can rea
 """
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NotRequired
 
@@ -51,9 +52,33 @@ class DeviceResult(TypedDict):
     error: NotRequired[str]
 
 
+#: A model's tool-call id that is used as it is in a device call id; any other (too long,
+#: odd characters, a repeat within the turn) is replaced by its position (`local_ids`).
+SAFE_TOOL_CALL_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
 def call_id(run_key: str, scope: str, local_id: str) -> str:
     """A stable id: unique per run, per step scope, per call in that step (invariant 4)."""
     return f"{run_key}/{scope}/{local_id}"
+
+
+def local_ids(tool_calls: Sequence[ToolCall]) -> list[str]:
+    """Each tool call's id within its turn, unique and safe whatever the model sent: the
+    model's own id when it is short and plain and its first use in the turn (so the ids of
+    runs parked before stay the same), else `#<position>` (no model id has a `#`)."""
+    ids: list[str] = []
+    seen: set[str] = set()
+    for index, tool_call in enumerate(tool_calls):
+        given = tool_call.get("id") or ""
+        plain = SAFE_TOOL_CALL_ID.match(given) is not None and given not in seen
+        ids.append(given if plain else f"#{index}")
+        seen.add(given)
+    return ids
+
+
+def _model_id(tool_call: ToolCall, index: int) -> str:
+    """The id the model knows the call by, for its `ToolMessage`."""
+    return tool_call.get("id") or f"call{index}"
 
 
 def ask_device(calls: Sequence[DeviceCall]) -> dict[str, DeviceResult]:
@@ -85,12 +110,12 @@ class PreparedCalls:
     """Model tool calls split into what goes to the device and what the server refused."""
 
     device_calls: list[DeviceCall] = field(default_factory=list)
-    refused: dict[str, str] = field(default_factory=dict)  # tool-call id -> error text
-    call_ids: dict[str, str] = field(default_factory=dict)  # tool-call id -> device call id
+    refused: dict[str, str] = field(default_factory=dict)  # local id -> error text
+    call_ids: dict[str, str] = field(default_factory=dict)  # local id -> device call id
 
 
 def prepare_calls(
-    tool_calls: Iterable[ToolCall],
+    tool_calls: Sequence[ToolCall],
     *,
     allowed: Sequence[DeviceTool],
     policy: PathPolicy,
@@ -101,8 +126,7 @@ def prepare_calls(
     """Check each call (tool known and allowed, schema, path policy) and give it a stable id."""
     by_name = {tool.name: tool for tool in allowed}
     prepared = PreparedCalls()
-    for index, tool_call in enumerate(tool_calls):
-        local_id = tool_call.get("id") or f"call{index}"
+    for tool_call, local_id in zip(tool_calls, local_ids(tool_calls), strict=True):
         tool = by_name.get(tool_call["name"])
         if tool is None:
             prepared.refused[local_id] = UNKNOWN_TOOL.format(
@@ -127,7 +151,7 @@ def prepare_calls(
 
 
 def tool_messages(
-    tool_calls: Iterable[ToolCall],
+    tool_calls: Sequence[ToolCall],
     prepared: PreparedCalls,
     results: Mapping[str, DeviceResult],
 ) -> list[ToolMessage]:
@@ -137,23 +161,25 @@ def tool_messages(
     refused calls carry none, so counting can tell the two apart.
     """
     messages = []
-    for index, tool_call in enumerate(tool_calls):
-        local_id = tool_call.get("id") or f"call{index}"
+    for index, (tool_call, local_id) in enumerate(
+        zip(tool_calls, local_ids(tool_calls), strict=True)
+    ):
+        model_id = _model_id(tool_call, index)
         if local_id in prepared.refused:
-            messages.append(_error_message(tool_call, local_id, prepared.refused[local_id]))
+            messages.append(_error_message(tool_call, model_id, prepared.refused[local_id]))
             continue
         result = results[prepared.call_ids[local_id]]
         if result["ok"]:
             messages.append(
                 ToolMessage(
                     content=render_result(result.get("result")),
-                    tool_call_id=local_id,
+                    tool_call_id=model_id,
                     name=tool_call["name"],
                     artifact={"device_call_id": prepared.call_ids[local_id]},
                 )
             )
         else:
-            error = _error_message(tool_call, local_id, result.get("error", ""))
+            error = _error_message(tool_call, model_id, result.get("error", ""))
             error.artifact = {"device_call_id": prepared.call_ids[local_id]}
             messages.append(error)
     return messages
@@ -166,9 +192,9 @@ def render_result(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def _error_message(tool_call: ToolCall, local_id: str, text: str) -> ToolMessage:
+def _error_message(tool_call: ToolCall, model_id: str, text: str) -> ToolMessage:
     return ToolMessage(
-        content=f"Error: {text}", tool_call_id=local_id, name=tool_call["name"], status="error"
+        content=f"Error: {text}", tool_call_id=model_id, name=tool_call["name"], status="error"
     )
 
 

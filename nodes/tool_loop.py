@@ -32,7 +32,7 @@ from typing_extensions import TypedDict
 from llm.errors import describe
 from llm.tokens import REPLY_PRIMING, count_message, count_request, count_tokens, count_tools
 from nodes import prompts
-from nodes.bridge import PreparedCalls, ask_device, prepare_calls, tool_messages
+from nodes.bridge import PreparedCalls, ask_device, local_ids, prepare_calls, tool_messages
 from nodes.context import AgentContext, AgentNode
 from tools.catalog import tools_for_data_types
 
@@ -194,19 +194,22 @@ async def execute_tools(state: ToolLoopState, runtime: Runtime[AgentContext]) ->
         scope=f"{state['scope']}.t{state.get('turns', 0)}",
         comment_author=context.comment_author,
     )
-    malformed = _malformed_calls(last, prepared)
+    calls = [*last.tool_calls, *_refuse_malformed(last, prepared)]
 
     results = ask_device(prepared.device_calls)
 
-    return {"messages": tool_messages([*last.tool_calls, *malformed], prepared, results)}
+    return {"messages": tool_messages(calls, prepared, results)}
 
 
-def _malformed_calls(last: AIMessage, prepared: PreparedCalls) -> list[ToolCall]:
-    """Calls whose arguments were not JSON: refused, but answered, as the API requires."""
-    calls = []
-    for index, bad in enumerate(last.invalid_tool_calls):
-        local_id = bad.get("id") or f"invalid{index}"
-        name = bad.get("name") or "unknown"
-        prepared.refused[local_id] = INVALID_JSON.format(name=name, error=bad.get("error") or "")
-        calls.append(ToolCall(name=name, args={}, id=local_id))
-    return calls
+def _refuse_malformed(last: AIMessage, prepared: PreparedCalls) -> list[ToolCall]:
+    """Calls whose arguments were not JSON, as calls after the turn's others: refused, but
+    answered, as the API requires."""
+    malformed = [
+        ToolCall(name=bad.get("name") or "unknown", args={}, id=bad.get("id") or f"invalid{i}")
+        for i, bad in enumerate(last.invalid_tool_calls)
+    ]
+    ids = local_ids([*last.tool_calls, *malformed])[len(last.tool_calls) :]
+    for bad, call, local_id in zip(last.invalid_tool_calls, malformed, ids, strict=True):
+        error = INVALID_JSON.format(name=call["name"], error=bad.get("error") or "")
+        prepared.refused[local_id] = error
+    return malformed

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, ToolCall, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.memory import InMemoryStore
 
@@ -449,3 +449,36 @@ async def test_scanned_files_of_other_extensions_are_left_out_of_the_manifest(
     manifest = triage_payload(model.calls[0][0])
     assert str(workspace / "blob.bin") not in json.dumps(manifest)
     assert wide.added, "the device did list the extra file"
+
+
+async def test_any_tool_call_id_the_model_gives_is_made_safe_and_unique(
+    workspace: Path, device: LocalDevice
+) -> None:
+    """A 600-character id, one with a slash and a NUL, and one id given to two creates: each
+    call reaches the device once, under a short id of the server's; the model reads each
+    answer under the id it gave."""
+    odd = ["x" * 600, "a/b\x00c", "dup", "dup"]
+    titles = ["Long id task", "Odd id task", "First of two", "Second of two"]
+    turn = AIMessage(
+        content="",
+        tool_calls=[
+            ToolCall(name="create_task", args={"title": title}, id=tool_call_id)
+            for tool_call_id, title in zip(odd, titles, strict=True)
+        ],
+    )
+    model = ScriptedChatModel(
+        script=[triage_call({"standalone": [str(workspace / "inbox.md")]}), turn, AIMessage("ok")]
+    )
+    recorder = RecordingDevice(device)
+    async with agent_graph("memory", model) as graph:
+        values = await run_agent(graph, context_for(workspace), recorder)
+
+    creates = recorder.calls("create_task")
+    assert [c["args"]["title"] for c in creates] == titles
+    assert len({c["id"] for c in creates}) == 4
+    assert all(len(c["id"]) < 200 and "\x00" not in c["id"] for c in creates)
+    assert {t["title"] for t in device.rows("tasks")} >= set(titles)
+    answers = [m for m in model.calls[-1][0] if isinstance(m, ToolMessage)]
+    assert [m.tool_call_id for m in answers] == odd
+    assert all(m.status == "success" for m in answers)
+    assert values["report"]["created"]["tasks"] == 4
