@@ -7,9 +7,24 @@ not parse gets an `error` frame back and the connection stays open.
 import base64
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, TypeAdapter
 
 PROTOCOL_VERSION: Final = 1
+
+
+def _storable(text: str) -> str:
+    """Text the server can store as it is: no NUL, valid Unicode (no lone surrogate)."""
+    if "\x00" in text:
+        raise ValueError("a NUL character is not allowed")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a lone surrogate is not valid Unicode") from None
+    return text
+
+
+#: A frame field the server stores or looks up by (ids, tokens, errors).
+Text = Annotated[str, AfterValidator(_storable)]
 
 
 class _Frame(BaseModel):
@@ -31,10 +46,10 @@ class DeviceHello(_Frame):
     """First frame on a connection: who the device is and what it can run."""
 
     type: Literal["device_hello"]
-    token: str = Field(min_length=1)
-    device_id: str = Field(min_length=1, max_length=200)
+    token: Text = Field(min_length=1)
+    device_id: Text = Field(min_length=1, max_length=200)
     protocol: Literal[1] = 1
-    tools: list[str] = Field(default_factory=list)
+    tools: list[Text] = Field(default_factory=list)
 
 
 class ToolResultHead(_Frame):
@@ -42,15 +57,15 @@ class ToolResultHead(_Frame):
     reads of one too large to take)."""
 
     type: Literal["tool_result"]
-    id: str = Field(min_length=1, max_length=500)
+    id: Text = Field(min_length=1, max_length=500)
 
 
 class ToolResult(ToolResultHead):
     """The answer to one `tool_call`, by its id."""
 
-    ok: bool
+    ok: StrictBool  # `"true"` is not an answer
     result: Any = None
-    error: str | None = None
+    error: Text | None = None
 
 
 DeviceFrame = Annotated[DeviceHello | ToolResult, Field(discriminator="type")]

@@ -6,6 +6,7 @@ without an entry fails `test_every_route_is_swept`. Each sweep starts from the v
 and spoils one part of it: a path id, a query value, a text or an object of the body.
 """
 
+import asyncio
 import json
 import socket
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from harness.postgres import PostgresCluster
 from harness.processes import ServerProcess
@@ -23,6 +25,7 @@ from harness.processes import ServerProcess
 pytestmark = pytest.mark.slow
 
 CALL_TIMEOUT = 30.0
+ANSWER_TIMEOUT = 30.0  # a bound against hanging, not a timing assertion
 WAIT = 60.0
 TASK = "list the notes; then summarise them"  # the offline planner's two steps, no device
 #: Spoiled path ids: a NUL, a space, a lone surrogate's UTF-8 bytes, one too long.
@@ -381,3 +384,31 @@ def test_a_request_without_a_key_is_refused_before_its_body_is_read(api: Api) ->
         answer = _raw_request(api.process.url, head, b"{")  # a wait for the body times out
         assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     assert api.client.get("/ok").status_code == 200
+
+
+# ── device frames the server cannot store ──────────────────────────────────────
+
+
+async def test_a_frame_it_cannot_store_is_a_bad_frame_and_answers_go_on(api: Api) -> None:
+    """A `tool_result` whose id holds a NUL once ended answer handling on Postgres, silently:
+    later answers on the socket were never read. Now it is a `bad_frame` naming the field,
+    as is `"ok": "true"`, and the next answer on the same socket is still handled."""
+    token = api.process.device_token("alice", "sweeper")
+    url = api.process.url.replace("http://", "ws://") + "/devices/connect"
+    async with connect(url) as socket:
+        await socket.send(
+            json.dumps({"type": "device_hello", "token": token, "device_id": "sweeper"})
+        )
+        assert json.loads(await socket.recv())["type"] == "hello_ok"
+        for bad, field in [
+            ('{"type": "tool_result", "id": "a\\u0000b", "ok": true}', "id"),
+            ('{"type": "tool_result", "id": "\\ud800", "ok": true}', "id"),
+            ('{"type": "tool_result", "id": "c1", "ok": "true"}', "ok"),
+            ('{"type": "tool_result", "id": "c1", "ok": false, "error": "x\\u0000"}', "error"),
+        ]:
+            await socket.send(bad)
+            error = json.loads(await asyncio.wait_for(socket.recv(), ANSWER_TIMEOUT))
+            assert error["code"] == "bad_frame" and f"{field}:" in error["message"], error
+        await socket.send(json.dumps({"type": "tool_result", "id": "no-such-call", "ok": True}))
+        error = json.loads(await asyncio.wait_for(socket.recv(), ANSWER_TIMEOUT))
+        assert error["code"] == "unknown_call", error

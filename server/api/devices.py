@@ -4,7 +4,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 
+import psycopg
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
@@ -130,8 +132,15 @@ async def _answers(socket: WebSocket, svc: Services, connection: Connection) -> 
 async def _store_answers(
     svc: Services, connection: Connection, answers: "asyncio.Queue[ToolResult | None]"
 ) -> None:
-    while (frame := await answers.get()) is not None:
-        await _store_answer(svc, connection, frame)
+    """Store the answers in order. If one cannot be stored, the connection is closed (1011)
+    rather than left to drop every later answer unseen: the device reconnects and sends its
+    unacknowledged answers again."""
+    try:
+        while (frame := await answers.get()) is not None:
+            await _store_answer(svc, connection, frame)
+    except (psycopg.Error, sqlite3.Error, OSError):
+        log.exception("an answer of %s could not be stored; closing", connection.device_id)
+        await _close(connection.socket, code=1011)
 
 
 async def _store_answer(svc: Services, connection: Connection, frame: ToolResult) -> None:
@@ -148,11 +157,15 @@ def _parse(text: str) -> DeviceHello | ToolResult | str:
     if size > MAX_FRAME:
         return _oversized(text, size)
     try:
-        return DEVICE_FRAME.validate_python(json.loads(text))
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         return f"Not JSON: {exc.msg} at {exc.pos}."
     except (ValueError, RecursionError) as exc:  # a 5,000-digit number, nesting too deep
         return f"Not JSON this server reads: {type(exc).__name__}."
+    try:
+        return DEVICE_FRAME.validate_python(value)
+    except RecursionError:
+        return "Invalid frame: nested too deep."
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "frame"
