@@ -132,6 +132,15 @@ BAD_FRAME = "bad_frame"
 UNAUTHORIZED = "unauthorized"
 UNKNOWN_CALL = "unknown_call"
 NOT_HELLO = "hello_required"
+UNSUPPORTED_PROTOCOL = "unsupported_protocol"
+#: The versions this side speaks; a hello naming another is refused (`UNSUPPORTED_PROTOCOL`,
+#: close code `CLOSE_UNSUPPORTED`) with the versions in the message.
+SUPPORTED_PROTOCOLS: Final = (PROTOCOL_VERSION,)
+
+# Close codes the server ends a connection with.
+CLOSE_UNAUTHORIZED = 4401  # the token is not valid: do not retry with it
+CLOSE_REPLACED = 4000  # another connection of the same device took over
+CLOSE_UNSUPPORTED = 4426  # the hello named a protocol version this server does not speak
 
 
 # ── Device tokens ─────────────────────────────────────────────────────────────

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from harness.postgres import PostgresCluster
 from harness.processes import ServerProcess
@@ -412,3 +413,26 @@ async def test_a_frame_it_cannot_store_is_a_bad_frame_and_answers_go_on(api: Api
         await socket.send(json.dumps({"type": "tool_result", "id": "no-such-call", "ok": True}))
         error = json.loads(await asyncio.wait_for(socket.recv(), ANSWER_TIMEOUT))
         assert error["code"] == "unknown_call", error
+
+
+@pytest.mark.parametrize(
+    ("hello", "code", "close"),
+    [
+        ({"protocol": 2, "token": "t", "device_id": "d"}, "unsupported_protocol", 4426),
+        ({"protocol": "1", "token": "t", "device_id": "d"}, "unsupported_protocol", 4426),
+        ({"token": "", "device_id": "d"}, "unauthorized", 4401),
+        ({"device_id": "d"}, "unauthorized", 4401),
+    ],
+)
+async def test_a_hello_the_server_cannot_take_ends_with_its_own_code(
+    api: Api, hello: dict[str, Any], code: str, close: int
+) -> None:
+    url = api.process.url.replace("http://", "ws://") + "/devices/connect"
+    async with connect(url) as socket:
+        await socket.send(json.dumps({"type": "device_hello", **hello}))
+        error = json.loads(await asyncio.wait_for(socket.recv(), ANSWER_TIMEOUT))
+        assert error["code"] == code, error
+        assert "device_hello." in error["message"] or code == "unauthorized", error
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(socket.recv(), ANSWER_TIMEOUT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == close

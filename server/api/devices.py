@@ -12,10 +12,16 @@ from pydantic import ValidationError
 
 from device.protocol import (
     BAD_FRAME,
+    CLOSE_REPLACED,
+    CLOSE_UNAUTHORIZED,
+    CLOSE_UNSUPPORTED,
     DEVICE_FRAME,
     NOT_HELLO,
+    PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOLS,
     UNAUTHORIZED,
     UNKNOWN_CALL,
+    UNSUPPORTED_PROTOCOL,
     DeviceHello,
     ErrorFrame,
     HelloOk,
@@ -30,6 +36,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["devices"])
 
 BAD_TOKEN = "The device token is not valid (or not for this device)."
+NO_TOKEN = "device_hello.token: the hello has no device token."
+UNSUPPORTED = "device_hello.protocol: this server speaks protocol {versions}, not {version}."
 HELLO_FIRST = "Say device_hello first."
 UNKNOWN_ID = "No pending call has the id {call_id!r}."
 #: The largest frame the server takes, in bytes of UTF-8. The socket itself reads frames up to
@@ -57,7 +65,9 @@ async def connect(socket: WebSocket) -> None:
     try:
         if previous is not None:
             with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
-                await previous.socket.close(code=4000, reason="replaced by a new connection")
+                await previous.socket.close(
+                    code=CLOSE_REPLACED, reason="replaced by a new connection"
+                )
         pending = await bridge.for_device(
             svc.db, user_id=connection.user_id, device_id=connection.device_id
         )
@@ -88,6 +98,11 @@ async def _hello(socket: WebSocket, svc: Services) -> Connection | None:
         if text is None:
             await _error(socket, BAD_FRAME, "Frames are JSON text.")
             continue
+        if (refusal := _hello_refusal(text)) is not None:
+            code, why, close = refusal
+            await _error(socket, code, why)
+            await _close(socket, code=close)
+            return None
         frame = _parse(text)
         if isinstance(frame, str):
             await _error(socket, BAD_FRAME, frame)
@@ -98,7 +113,7 @@ async def _hello(socket: WebSocket, svc: Services) -> Connection | None:
         owner = await accounts.device_for_token(svc.db, frame.token)
         if owner is None or owner[1] != frame.device_id:
             await _error(socket, UNAUTHORIZED, BAD_TOKEN)
-            await _close(socket, code=4401)
+            await _close(socket, code=CLOSE_UNAUTHORIZED)
             return None
         return Connection(user_id=owner[0], device_id=owner[1], socket=socket)
 
@@ -149,6 +164,25 @@ async def _store_answer(svc: Services, connection: Connection, frame: ToolResult
         await connection.send(
             ErrorFrame(code=UNKNOWN_CALL, message=UNKNOWN_ID.format(call_id=frame.id))
         )
+
+
+def _hello_refusal(text: str) -> tuple[str, str, int] | None:
+    """A hello that ends the connection before it is validated: one naming a protocol version
+    this server does not speak, or one without a token (error code, message, close code)."""
+    try:
+        value = json.loads(text) if len(text) <= MAX_FRAME else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict) or value.get("type") != "device_hello":
+        return None
+    version = value.get("protocol", PROTOCOL_VERSION)
+    if version not in SUPPORTED_PROTOCOLS or isinstance(version, bool):
+        versions = ", ".join(str(v) for v in SUPPORTED_PROTOCOLS)
+        message = UNSUPPORTED.format(version=json.dumps(version)[:20], versions=versions)
+        return UNSUPPORTED_PROTOCOL, message, CLOSE_UNSUPPORTED
+    if not value.get("token"):
+        return UNAUTHORIZED, NO_TOKEN, CLOSE_UNAUTHORIZED
+    return None
 
 
 def _parse(text: str) -> DeviceHello | ToolResult | str:
