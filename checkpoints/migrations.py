@@ -159,6 +159,8 @@ MIGRATIONS: Sequence[str] = (
     "ON CONFLICT (agent_key) DO UPDATE SET unfinished_thread = excluded.unfinished_thread",
     "DROP TABLE relaygraph_runs",
     "DROP TABLE relaygraph_watermarks",
+    # ── server: API keys that expire ──
+    "ALTER TABLE api_keys ADD COLUMN expires_at TEXT",
 )
 
 CREATE_VERSIONS = "CREATE TABLE IF NOT EXISTS relaygraph_migrations (v INTEGER PRIMARY KEY)"

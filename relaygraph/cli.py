@@ -4,7 +4,9 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from dataclasses import fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +49,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "keys" and args.keys_command == "create":
-        return _admin(args, lambda db, accounts: accounts.create_api_key(db, user_id=args.user))
+        expires = timedelta(days=args.expires_in_days) if args.expires_in_days else None
+        return _admin(
+            args,
+            lambda db, accounts: accounts.create_api_key(db, user_id=args.user, expires_in=expires),
+        )
+    if args.command == "keys" and args.keys_command == "list":
+        return _admin(args, lambda db, accounts: _listed(accounts.list_keys(db, user_id=args.user)))
+    if args.command == "keys" and args.keys_command == "revoke":
+        return _admin(
+            args, lambda db, accounts: _revoked(accounts.revoke_key(db, args.key_id), "key")
+        )
     if args.command == "devices" and args.devices_command == "add":
         return _admin(
             args,
             lambda db, accounts: accounts.add_device(db, user_id=args.user, device_id=args.device),
+        )
+    if args.command == "devices" and args.devices_command == "list":
+        return _admin(
+            args, lambda db, accounts: _listed(accounts.list_devices(db, user_id=args.user))
+        )
+    if args.command == "devices" and args.devices_command == "revoke":
+        return _admin(
+            args,
+            lambda db, accounts: _revoked(
+                accounts.revoke_device(db, user_id=args.user, device_id=args.device), "device"
+            ),
         )
     if args.command == "device":
         return _device(args)
@@ -116,7 +139,16 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command")
     create = keys.add_parser("create", help="print a new API key for a user")
     create.add_argument("--user", required=True)
+    create.add_argument(
+        "--expires-in-days", type=_positive_days, default=None, help="default: until revoked"
+    )
     _database_option(create)
+    listing = keys.add_parser("list", help="every key's id, user, creation and expiry")
+    listing.add_argument("--user", default=None, help="only this user's keys")
+    _database_option(listing)
+    revoke = keys.add_parser("revoke", help="delete a key: it stops working at once")
+    revoke.add_argument("key_id", help="the id `keys list` shows")
+    _database_option(revoke)
 
     devices = commands.add_parser("devices", help="device tokens").add_subparsers(
         dest="devices_command"
@@ -125,6 +157,13 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--user", required=True)
     add.add_argument("--device", required=True)
     _database_option(add)
+    listing = devices.add_parser("list", help="every device, its user and presence")
+    listing.add_argument("--user", default=None, help="only this user's devices")
+    _database_option(listing)
+    revoke = devices.add_parser("revoke", help="delete a device's token: its next hello fails")
+    revoke.add_argument("--user", required=True)
+    revoke.add_argument("--device", required=True)
+    _database_option(revoke)
 
     device = commands.add_parser(
         "device", help="the reference device: run tool calls from a server on this computer"
@@ -212,7 +251,7 @@ def _admin(args: argparse.Namespace, action: Any) -> int:
 
     try:
         print(asyncio.run(run()))
-    except StorageError as exc:
+    except (StorageError, LookupError) as exc:
         Console(stderr=True).print(f"relaygraph: {exc}", soft_wrap=True)
         return EXIT_BAD_INPUT
     return EXIT_OK
@@ -243,6 +282,33 @@ def _device(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     return EXIT_OK
+
+
+def _positive_days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if not 0 < days <= 36_500:
+        raise argparse.ArgumentTypeError(f"{text} days: give more than 0 and at most 36500")
+    return days
+
+
+async def _listed(rows: Awaitable[Sequence[Any]]) -> str:
+    """Records as lines of tab-separated fields, a header first."""
+    records = list(await rows)
+    if not records:
+        return "(none)"
+    names = [f.name for f in fields(records[0])]
+    lines = ["\t".join(names)]
+    lines += ["\t".join(str(getattr(r, n) or "-") for n in names) for r in records]
+    return "\n".join(lines)
+
+
+async def _revoked(done: Awaitable[bool], what: str) -> str:
+    if not await done:
+        raise LookupError(f"no such {what}")
+    return f"{what} revoked"
 
 
 def _device_token(args: argparse.Namespace) -> str:

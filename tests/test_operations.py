@@ -1,17 +1,20 @@
 """Secrets and operations: what `/info` shows, where the device's token comes from, who can
 read the SQLite files, and what production mode refuses."""
 
+import json
 import stat
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from checkpoints import open_checkpointer, open_database, open_graph_store
 from device import LocalDevice
-from harness.processes import ServerProcess, clean_env
+from harness.processes import ServerProcess, clean_env, relaygraph
 from llm import load_chat_model
 from server.settings import (
     PRODUCTION_NEEDS_PASSWORD,
@@ -19,6 +22,7 @@ from server.settings import (
     PRODUCTION_NEEDS_TLS,
     Settings,
 )
+from server.storage import accounts
 
 RELAYGRAPH = Path(sys.executable).parent / "relaygraph"
 SECRET_URL = "http://ana:s3cret-pw@models.internal:8000/v1?api-key=k3y-in-query#frag"
@@ -164,3 +168,60 @@ async def test_making_a_file_private_keeps_the_locks_sqlite_holds_on_it(tmp_path
         await db.execute(("INSERT INTO seen VALUES (2)", ()))
         assert other_process("SELECT count(*) FROM seen") == "[(2,)]"
         assert Path(f"{path}-wal").exists()
+
+
+# ── keys and devices: list, revoke, expire ─────────────────────────────────────
+
+
+@pytest.mark.slow
+async def test_keys_and_devices_can_be_listed_revoked_and_expire(tmp_path: Path) -> None:
+    state = str(tmp_path / "s.db")
+    server = ServerProcess(database_url=state, workdir=tmp_path)
+    server.start()
+    try:
+        key, other = server.api_key("ana"), server.api_key("ben")
+        token = server.device_token("ana", "laptop")
+
+        def ok(api_key: str) -> int:
+            headers = {"x-api-key": api_key}
+            return httpx.post(f"{server.url}/threads/search", json={}, headers=headers).status_code
+
+        assert ok(key) == 200 and ok(other) == 200
+        listed = relaygraph("keys", "list", "--user", "ana", "--database-url", state)
+        assert accounts.key_id(key) in listed and key not in listed
+        assert accounts.key_id(other) not in listed, "only ana's keys"
+        relaygraph("keys", "revoke", accounts.key_id(key), "--database-url", state)
+        assert ok(key) == 401, "a revoked key stops working at once, in the running server"
+        assert ok(other) == 200
+
+        async with open_database(state) as db:
+            expired = await accounts.create_api_key(
+                db, user_id="ana", expires_in=timedelta(seconds=-1)
+            )
+            lasting = await accounts.create_api_key(db, user_id="ana", expires_in=timedelta(days=1))
+        assert ok(expired) == 401 and ok(lasting) == 200
+
+        devices = relaygraph("devices", "list", "--database-url", state)
+        assert "laptop" in devices and token not in devices
+        relaygraph(
+            "devices", "revoke", "--user", "ana", "--device", "laptop", "--database-url", state
+        )
+        url = server.url.replace("http://", "ws://") + "/devices/connect"
+        async with connect(url) as socket:
+            hello = {"type": "device_hello", "token": token, "device_id": "laptop"}
+            await socket.send(json.dumps(hello))
+            assert json.loads(await socket.recv())["code"] == "unauthorized"
+    finally:
+        server.stop()
+
+
+def test_revoking_what_does_not_exist_is_bad_input(tmp_path: Path) -> None:
+    state = str(tmp_path / "s.db")
+    done = subprocess.run(
+        [RELAYGRAPH, "keys", "revoke", "000000000000", "--database-url", state],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+    )
+    assert done.returncode == 2 and "no such key" in done.stderr, done
