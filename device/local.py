@@ -67,6 +67,7 @@ PREVIEW_CHARS = 2_000
 Page = dict[str, Any]  # {"items": [...], "next_cursor": str | None}
 NOT_A_DATABASE = "{path} is not a relaygraph entity database ({error})."
 OUTSIDE_ROOTS = "{path} is outside the folders this device shares."
+NOT_SHARED_KIND = "{path} is not one of the kinds of file this device shares ({extensions})."
 NOT_FOUND = "{kind} {id} does not exist."
 UNKNOWN_FIELDS = "{kind} have no fields named {fields}."
 BAD_TIME = "modified_since is not an ISO 8601 time: {value!r}"
@@ -101,8 +102,16 @@ class LocalDevice:
         db_path: str | Path,
         *,
         on_call: Callable[[DeviceCall, DeviceResult, bool], None] | None = None,
+        extensions: Iterable[str] | None = None,
     ) -> None:
+        """`extensions`: the only kinds of file read or scanned (None: any), checked here
+        whatever the server asks, as the roots are."""
         self.roots = [Path(r).resolve() for r in roots]
+        self.extensions = (
+            frozenset(normalize_extension(e) for e in extensions)
+            if extensions is not None
+            else None
+        )
         self.db_path = Path(db_path)
         self.on_call = on_call
         self._db = self._open(self.db_path)
@@ -222,6 +231,9 @@ class LocalDevice:
         self, path: str, offset: int = 0, max_chars: int = 20_000
     ) -> dict[str, Any]:
         file = self._confined(path)
+        if self.extensions is not None and file.suffix.lower() not in self.extensions:
+            shared = ", ".join(sorted(self.extensions))
+            raise ToolFailed(NOT_SHARED_KIND.format(path=path, extensions=shared))
         try:
             text = file.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
@@ -247,6 +259,10 @@ class LocalDevice:
         if not folder.is_dir():
             raise ToolFailed(f"{path} is not a folder on this device.")
         wanted = {normalize_extension(e) for e in extensions or []}
+        if self.extensions is not None:
+            wanted = (wanted & self.extensions) if wanted else set(self.extensions)
+            if not wanted:
+                return {"files": [], "next_cursor": None}
         try:
             since = datetime.fromisoformat(modified_since).timestamp() if modified_since else None
         except ValueError as exc:

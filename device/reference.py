@@ -191,7 +191,9 @@ class ReferenceDevice:
         *,
         on_event: Callable[[str], None] | None = None,
         backoff: Backoff | None = None,
+        extensions: list[str] | None = None,
     ) -> None:
+        self.extensions = extensions
         self.url = device_url(server)
         self.device_id = device_id_of(token)
         self.token = token
@@ -218,7 +220,7 @@ class ReferenceDevice:
         `DeviceDatabaseError` when the entity database cannot be opened.
         """
         stop = stop or asyncio.Event()
-        local = LocalDevice(self.roots, self.db, on_call=self._on_call)
+        local = LocalDevice(self.roots, self.db, on_call=self._on_call, extensions=self.extensions)
         try:
             while not stop.is_set():
                 reason = await _until(stop, self._connection(local))
@@ -374,13 +376,15 @@ async def run_reference_device(
     *,
     stop: asyncio.Event | None = None,
     on_event: Callable[[str], None] | None = None,
+    extensions: list[str] | None = None,
 ) -> None:
     """Connect the device named by `token` to `server` and serve its calls until `stop` is set.
 
-    `roots` are the folders the file-system tools may touch; `db` is the entity database, which
+    `roots` are the folders the file-system tools may touch, `extensions` the kinds of file
+    they may read (None: any); `db` is the entity database, which
     also stores every call's result by call id (see the module docstring for why). Raises
     ValueError for a token that is not a device token or a server URL that is not http(s) or
     ws(s), and `DeviceUnauthorized` when the server refuses the token.
     """
-    device = ReferenceDevice(server, token, roots, db, on_event=on_event)
+    device = ReferenceDevice(server, token, roots, db, on_event=on_event, extensions=extensions)
     await device.run(stop)

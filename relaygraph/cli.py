@@ -32,6 +32,8 @@ EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 NOT_A_FOLDER = "relaygraph: {path} is not a folder."
 TOKEN_ENV = "RELAYGRAPH_DEVICE_TOKEN"
+#: What the reference device lets the server read unless told otherwise (`--extension`).
+DEVICE_EXTENSIONS = (".md", ".txt")
 NO_TOKEN = f"no device token: pass --token-file FILE (or --token), or set {TOKEN_ENV}"
 MODEL_FAILED = (
     "relaygraph: the model failed ({error}). The run is saved; run the same command again "
@@ -186,6 +188,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a folder the server may read (repeatable)",
     )
     device.add_argument(
+        "--extension",
+        action="append",
+        dest="extensions",
+        default=None,
+        help="a kind of file the server may read, such as .md (repeatable; default: .md .txt)",
+    )
+    device.add_argument(
         "--db",
         type=Path,
         default=Path(".relaygraph/device.db"),
@@ -273,7 +282,12 @@ def _device(args: argparse.Namespace) -> int:
     try:
         asyncio.run(
             run_reference_device(
-                args.server, token, list(args.root), args.db, on_event=console.print
+                args.server,
+                token,
+                list(args.root),
+                args.db,
+                on_event=console.print,
+                extensions=args.extensions or list(DEVICE_EXTENSIONS),
             )
         )
     except (ValueError, DeviceUnauthorized, DeviceDatabaseError) as exc:

@@ -214,6 +214,34 @@ def test_device_checks_paths_again(tmp_path: Path, device: LocalDevice) -> None:
     assert result["ok"] is False and "outside the folders" in result["error"]
 
 
+def test_a_device_reads_and_scans_only_the_kinds_of_file_it_shares(tmp_path: Path) -> None:
+    """Invariant 11, device side, for extensions: the device's own list holds whatever the
+    server asks (the reference device shares .md and .txt unless told otherwise)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "notes.md").write_text("# Notes")
+    (shared / "creds.key").write_text("secret")
+    device = LocalDevice([shared], tmp_path / "d.db", extensions=[".md", "TXT"])
+    read = device.execute_one(
+        {"id": "r1", "name": "read_file_content", "args": {"path": str(shared / "creds.key")}}
+    )
+    assert read["ok"] is False and "kinds of file this device shares" in read["error"]
+    assert device.execute_one(
+        {"id": "r2", "name": "read_file_content", "args": {"path": str(shared / "notes.md")}}
+    )["ok"]
+    scans = [([".md", ".key"], ["notes.md"]), ([".key"], []), ([], ["notes.md"])]
+    for number, (asked, found) in enumerate(scans):
+        scan = device.execute_one(
+            {
+                "id": f"s{number}",
+                "name": "scan_directory",
+                "args": {"path": str(shared), "extensions": asked},
+            }
+        )
+        assert scan["ok"], scan
+        assert [Path(f["path"]).name for f in scan["result"]["files"]] == found, asked
+
+
 def test_device_replays_a_repeated_call_id(device: LocalDevice) -> None:
     """Invariant 6 for the in-process device: a redelivered call is not executed twice."""
     call = {"id": "dup", "name": "create_task", "args": {"title": "Once"}}
